@@ -1,0 +1,54 @@
+"""structlog set-up, called once by each entry point, never on import.
+
+Events are key-value lines. Request id, job id and delivery tag are bound through
+contextvars (``bind_context``) so every line of a job carries them. Nothing here
+knows what a pixel or a key is: callers must never pass such values as fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+_configured = False
+
+
+def configure_logging(service: str, *, level: str = "INFO", json: bool = True) -> None:
+    """Route structlog and the standard library's logging to stderr."""
+    global _configured
+    if _configured:
+        return
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelName(level.upper())
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(service=service)
+    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
+    _configured = True
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    return logger
+
+
+bind_context = structlog.contextvars.bind_contextvars
+unbind_context = structlog.contextvars.unbind_contextvars
