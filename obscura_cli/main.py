@@ -1,0 +1,291 @@
+"""The ``obscura`` command: vendor tooling, key policies and the local mesh.
+
+Every command exits 0 on success and 2 with one line on stderr for a caller
+error or a refused operation, so scripts can tell the two apart from a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from obscura_cli.settings import CliSettings
+from shared.errors import ObscuraError
+from shared.keypolicy import (
+    EnclaveMeasurement,
+    HospitalPrincipals,
+    VendorPrincipals,
+    hospital_key_policy,
+    vendor_key_policy,
+)
+
+T = TypeVar("T")
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+def fail(message: str) -> None:
+    click.echo(f"obscura: {message}", err=True)
+    sys.exit(2)
+
+
+class _Group(click.Group):
+    """Turns Obscura errors into one line and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ObscuraError as exc:
+            fail(f"{exc} [{exc.reason.value}]")
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """Obscura: confidential inference for medical imaging."""
+
+
+@main.group()
+def model() -> None:
+    """Seal and import models."""
+
+
+@model.command("seal")
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+)
+@click.option(
+    "--arch",
+    "architecture",
+    required=True,
+    help="Architecture name the enclave engine knows.",
+)
+@click.option("--name", required=True)
+@click.option("--version", required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option(
+    "--labels",
+    default=None,
+    help="Comma-separated output labels (default: the architecture's).",
+)
+@click.option(
+    "--input-spec", default=None, help="JSON input spec (default: the architecture's)."
+)
+@click.option(
+    "--key-id", default=None, help="Vendor KMS key (default OBSCURA_VENDOR_KEY_ID)."
+)
+def model_seal(
+    weights: Path,
+    architecture: str,
+    name: str,
+    version: str,
+    out: Path,
+    labels: str | None,
+    input_spec: str | None,
+    key_id: str | None,
+) -> None:
+    """Seal model weights (safetensors or TorchScript) under the vendor key."""
+    from obscura_cli.sealing import seal_model_command
+
+    settings = CliSettings()
+    manifest = run_async(
+        seal_model_command(
+            settings,
+            weights=weights,
+            out=out,
+            architecture=architecture,
+            name=name,
+            version=version,
+            labels=labels,
+            input_spec=input_spec,
+            key_id=key_id or settings.vendor_key_id,
+        )
+    )
+    click.echo(manifest.model_dump_json(indent=2))
+
+
+@main.group()
+def enclave() -> None:
+    """Enclave image tooling."""
+
+
+@enclave.command("measure")
+@click.option(
+    "--bundle",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+)
+def enclave_measure(bundle: Path | None) -> None:
+    """Print the worker image's PCRs as JSON.
+
+    On a build host with nitro-cli, the EIF's measurements are authoritative; this
+    measures the worker tree the way the local simulated NSM does.
+    """
+    from shared.bundle import read_manifest
+    from standins.measure import measure_worker
+
+    manifest = read_manifest(bundle).canonical_bytes() if bundle else None
+    click.echo(json.dumps(measure_worker(bundle_manifest=manifest), indent=2))
+
+
+@main.group("key-policy")
+def key_policy() -> None:
+    """Print the KMS key policies of the trust model."""
+
+
+def _measurement(
+    pcr0: str | None, pcr1: str | None, pcr2: str | None, pcrs_file: Path | None
+) -> EnclaveMeasurement:
+    values: dict[int, str] = {}
+    if pcrs_file is not None:
+        loaded = json.loads(pcrs_file.read_text())
+        values.update(
+            {int(k.removeprefix("PCR")): v.lower() for k, v in loaded.items()}
+        )
+    for index, value in ((0, pcr0), (1, pcr1), (2, pcr2)):
+        if value is not None:
+            values[index] = value.lower()
+    if 0 not in values:
+        fail(
+            "give the approved PCR0 with --pcr0 HEX or --pcrs FILE"
+            " (from obscura enclave measure)."
+        )
+    return EnclaveMeasurement(values)
+
+
+def _pcr_options(command: Callable[..., None]) -> Callable[..., None]:
+    for option in (
+        click.option(
+            "--pcrs",
+            "pcrs_file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            default=None,
+            help="JSON from obscura enclave measure.",
+        ),
+        click.option("--pcr2", default=None),
+        click.option("--pcr1", default=None),
+        click.option(
+            "--pcr0", default=None, help="Approved image measurement (SHA-384 hex)."
+        ),
+    ):
+        command = option(command)
+    return command
+
+
+@key_policy.command("vendor")
+@_pcr_options
+@click.option("--admin-arn", default=None)
+@click.option("--sealer-arn", default=None)
+@click.option(
+    "--enclave-arn",
+    default=None,
+    help="The parent instance role the enclave's KMS calls are signed with.",
+)
+def key_policy_vendor(
+    pcr0: str | None,
+    pcr1: str | None,
+    pcr2: str | None,
+    pcrs_file: Path | None,
+    admin_arn: str | None,
+    sealer_arn: str | None,
+    enclave_arn: str | None,
+) -> None:
+    """The vendor key: model keys released only to the approved enclave image."""
+    settings = CliSettings()
+    principals = VendorPrincipals(
+        admin=admin_arn or settings.role_arn(settings.vendor_admin_arn, "vendor-admin"),
+        sealer=sealer_arn
+        or settings.role_arn(settings.vendor_sealer_arn, "vendor-sealer"),
+        enclave=enclave_arn or settings.role_arn(settings.enclave_arn, "enclave"),
+    )
+    policy = vendor_key_policy(principals, _measurement(pcr0, pcr1, pcr2, pcrs_file))
+    click.echo(json.dumps(policy, indent=2))
+
+
+@key_policy.command("hospital")
+@_pcr_options
+@click.option("--admin-arn", default=None)
+@click.option("--encryptor-arn", default=None)
+@click.option("--enclave-arn", default=None)
+@click.option("--results-arn", default=None)
+def key_policy_hospital(
+    pcr0: str | None,
+    pcr1: str | None,
+    pcr2: str | None,
+    pcrs_file: Path | None,
+    admin_arn: str | None,
+    encryptor_arn: str | None,
+    enclave_arn: str | None,
+    results_arn: str | None,
+) -> None:
+    """The hospital key: image and result keys, each to its own principal."""
+    settings = CliSettings()
+    principals = HospitalPrincipals(
+        admin=admin_arn
+        or settings.role_arn(settings.hospital_admin_arn, "hospital-admin"),
+        encryptor=encryptor_arn
+        or settings.role_arn(settings.encryptor_arn, "encryptor"),
+        enclave=enclave_arn or settings.role_arn(settings.enclave_arn, "enclave"),
+        results=results_arn or settings.role_arn(settings.results_arn, "results"),
+    )
+    policy = hospital_key_policy(principals, _measurement(pcr0, pcr1, pcr2, pcrs_file))
+    click.echo(json.dumps(policy, indent=2))
+
+
+@main.group()
+def receipt() -> None:
+    """Check prediction receipts offline."""
+
+
+@receipt.command("verify")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--pcr0", required=True, help="The approved enclave image measurement.")
+@click.option(
+    "--root",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Pinned root certificate (PEM); default the AWS Nitro Enclaves root.",
+)
+@click.option("--sealed-result-sha256", default=None)
+def receipt_verify(
+    file: Path, pcr0: str, root: Path | None, sealed_result_sha256: str | None
+) -> None:
+    """Exit 0 if FILE is a receipt from the approved image, else 2 with the reason."""
+    from shared.attestation import load_root
+    from shared.receipt import Receipt, verify_receipt
+
+    try:
+        approved = bytes.fromhex(pcr0)
+    except ValueError:
+        fail(f"--pcr0 must be hex, got {pcr0[:16]!r}.")
+    loaded = Receipt.loads(file.read_bytes())
+    doc = verify_receipt(
+        loaded,
+        root=load_root(root),
+        pcr0=approved,
+        sealed_result_sha256=sealed_result_sha256,
+    )
+    click.echo(
+        json.dumps(
+            {
+                "verified": True,
+                "job_id": loaded.record.job_id,
+                "model_sha256": loaded.record.model_sha256,
+                "module_id": doc.module_id,
+                "timestamp": doc.timestamp.isoformat(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The framed link between enclave proxy and enclave worker.
+
+``frames`` holds the wire format and a sans-IO decoder, ``stream`` the handshake and
+bodies over an asyncio stream, ``transport`` the AF_VSOCK and loopback TCP sockets.
+"""
+
+from shared.link.frames import (
+    DEFAULT_MAX_FRAME_SIZE,
+    PROTOCOL_VERSION,
+    BodyEnd,
+    BodyMismatchError,
+    Cancel,
+    Control,
+    ErrorInfo,
+    Frame,
+    FrameDecoder,
+    FrameTooLargeError,
+    FrameType,
+    Hello,
+    JobCancelledError,
+    JobHeader,
+    LinkClosedError,
+    LinkError,
+    LinkTimeoutError,
+    PeerError,
+    Ping,
+    ProtocolError,
+    ResultHeader,
+    Role,
+    VersionMismatchError,
+    encode_frame,
+)
+from shared.link.stream import (
+    MAX_WRITE_PIECE,
+    Link,
+    LinkLimits,
+    client_hello,
+    server_hello,
+)
+from shared.link.transport import (
+    ConnectionHandler,
+    TcpTransport,
+    Transport,
+    VsockTransport,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "MAX_WRITE_PIECE",
+    "PROTOCOL_VERSION",
+    "BodyEnd",
+    "BodyMismatchError",
+    "Cancel",
+    "ConnectionHandler",
+    "Control",
+    "ErrorInfo",
+    "Frame",
+    "FrameDecoder",
+    "FrameTooLargeError",
+    "FrameType",
+    "Hello",
+    "JobCancelledError",
+    "JobHeader",
+    "Link",
+    "LinkClosedError",
+    "LinkError",
+    "LinkLimits",
+    "LinkTimeoutError",
+    "PeerError",
+    "Ping",
+    "ProtocolError",
+    "ResultHeader",
+    "Role",
+    "TcpTransport",
+    "Transport",
+    "VersionMismatchError",
+    "VsockTransport",
+    "client_hello",
+    "encode_frame",
+    "server_hello",
+]
