@@ -109,6 +109,17 @@ def translate_botocore_error(exc: BotoCoreError, operation: str) -> DependencyEr
     return RetryableDependencyError(message, reason=Reason.UNAVAILABLE)
 
 
+_SESSION: Any = None
+
+
+def _session() -> Any:
+    """One botocore session per process: it caches the loaded service models."""
+    global _SESSION
+    if _SESSION is None:
+        _SESSION = get_session()
+    return _SESSION
+
+
 class AwsKeyService:
     """``shared.keys.KeyService`` over an aiobotocore KMS client."""
 
@@ -137,8 +148,7 @@ class AwsKeyService:
             keys["aws_secret_access_key"] = credentials.secret_access_key
             if credentials.session_token:
                 keys["aws_session_token"] = credentials.session_token
-        session = get_session()
-        async with session.create_client(
+        async with _session().create_client(
             "kms",
             region_name=endpoint.region,
             endpoint_url=endpoint.endpoint_url,

@@ -1,0 +1,1 @@
+"""Alembic tree of the results database; run with ``python -m services.results migrate``."""
