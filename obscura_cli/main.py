@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -26,6 +27,12 @@ from shared.keypolicy import (
 )
 
 T = TypeVar("T")
+
+
+def view_from_name(name: str) -> str:
+    """``1_R_MLO.png`` -> ``R-MLO``; L-CC when the name says nothing."""
+    match = re.search(r"(?<![A-Za-z])([LR])[_-](CC|MLO)(?![A-Za-z])", name.upper())
+    return f"{match[1]}-{match[2]}" if match else "L-CC"
 
 
 def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -111,6 +118,46 @@ def model_seal(
         )
     )
     click.echo(manifest.model_dump_json(indent=2))
+
+
+@model.command("import-nyu")
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The published ImageOnly__ModeImage_weights.p file.",
+)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "--view",
+    type=click.Choice(["L-CC", "R-CC", "L-MLO", "R-MLO"]),
+    default=None,
+    help="Convert one view's column and head (nyu-single-view); default all four.",
+)
+def model_import_nyu(weights: Path, out: Path, view: str | None) -> None:
+    """Convert the published NYU weights into safetensors, ready to seal.
+
+    The file is read with torch.load(weights_only=True); every key is mapped and any
+    key or shape left over on either side fails the conversion.
+    """
+    from services.enclave_worker.nyu_import import convert_nyu_weights
+
+    report = convert_nyu_weights(weights, out, view=view)
+    click.echo(
+        json.dumps(
+            {
+                "architecture": report.architecture,
+                "view": report.view,
+                "tensors": report.tensors,
+                "parameters": report.parameters,
+                "sha256": report.sha256,
+                "ignored_keys": list(report.ignored_keys),
+                "next": f"obscura model seal --weights {out} --arch"
+                f" {report.architecture} --name NAME --version V --out BUNDLE",
+            },
+            indent=2,
+        )
+    )
 
 
 @main.group()
@@ -239,6 +286,37 @@ def key_policy_hospital(
     )
     policy = hospital_key_policy(principals, _measurement(pcr0, pcr1, pcr2, pcrs_file))
     click.echo(json.dumps(policy, indent=2))
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks (not part of the test run)."""
+
+
+@bench.command("worker")
+@click.argument(
+    "images", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--view", default=None, help="View for every image (default: from names)."
+)
+@click.option("--repeat", default=5, show_default=True, type=click.IntRange(1, 100))
+def bench_worker(images: tuple[Path, ...], view: str | None, repeat: int) -> None:
+    """Time each stage of a job inside the worker at CC size.
+
+    Without IMAGES it uses the synthetic 16-bit phantom (3328 x 2560). The view of
+    a file named like 1_R_CC.png is read from its name.
+    """
+    from obscura_cli.bench import run_worker_bench
+    from standins.phantom import phantom_png
+
+    inputs = [
+        (path.name, path.read_bytes(), view or view_from_name(path.name))
+        for path in images
+    ]
+    if not inputs:
+        inputs = [("phantom L-CC", phantom_png("L-CC"), "L-CC")]
+    run_worker_bench(inputs, repeat)
 
 
 @main.group()

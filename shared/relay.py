@@ -70,6 +70,7 @@ class Relay:
         self._idle_timeout_s = idle_timeout_s
         self.active = 0
         self.total = 0
+        self._running: set[asyncio.Task[None]] = set()
 
     async def handle(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -77,11 +78,25 @@ class Relay:
         async with self._slots:
             self.active += 1
             self.total += 1
+            # The relaying runs in its own task so that ``aclose`` can end it
+            # without cancelling the server's handler task itself.
+            work = asyncio.create_task(self._relay(reader, writer))
+            self._running.add(work)
             try:
-                await self._relay(reader, writer)
+                await asyncio.shield(work)
+            except asyncio.CancelledError:
+                work.cancel()
+                raise
             finally:
+                self._running.discard(work)
                 self.active -= 1
                 await _close(writer)
+
+    async def aclose(self) -> None:
+        """End every relayed connection; new ones can still be accepted."""
+        for work in list(self._running):
+            work.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _relay(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -98,6 +113,8 @@ class Relay:
                 _pump(reader, up_writer, self._idle_timeout_s),
                 _pump(up_reader, writer, self._idle_timeout_s),
             )
+        except asyncio.CancelledError:
+            log.debug("relay connection closed by shutdown", relay=self._name)
         except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
             log.info(
                 "relay connection ended", relay=self._name, error=type(exc).__name__

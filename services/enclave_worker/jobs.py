@@ -9,6 +9,7 @@ receipt over the hashes of what came in and what goes out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -19,9 +20,15 @@ from dataclasses import dataclass, field
 from services.enclave_worker.unlock import UnlockedModel
 from shared.enclave_protocol import JobRequest
 from shared.envelope import read_header, seal_bytes, unseal_body
-from shared.errors import CallerError, ObscuraError, Reason, UnsupportedImageError
+from shared.errors import (
+    CallerError,
+    InternalError,
+    ObscuraError,
+    Reason,
+    UnsupportedImageError,
+)
 from shared.imaging.decode import DecodedImage, decode_image
-from shared.keys import KeyService, Recipient
+from shared.keys import DataKey, EncryptionContext, KeyService, Recipient
 from shared.nsm import Nsm
 from shared.receipt import Receipt, ReceiptRecord
 
@@ -44,6 +51,41 @@ class JobResult:
     sealed_result: bytes = field(repr=False)
     receipt: Receipt
     timings: dict[str, float]
+
+
+class _PrefetchedKey:
+    """A key service whose one data key was requested ahead of time.
+
+    The result's data key does not depend on the prediction, so it is asked for
+    while the image is decoded and the model runs, off the job's critical path.
+    """
+
+    def __init__(self, pending: asyncio.Task[DataKey]) -> None:
+        self._pending = pending
+
+    async def generate_data_key(
+        self,
+        key_id: str,
+        context: EncryptionContext,
+        *,
+        recipient: Recipient | None = None,
+    ) -> DataKey:
+        return await self._pending
+
+    async def decrypt(
+        self,
+        ciphertext_blob: bytes,
+        context: EncryptionContext,
+        *,
+        key_id: str | None = None,
+        recipient: Recipient | None = None,
+    ) -> bytes:
+        raise InternalError("A prefetched data key cannot decrypt anything.")
+
+    async def discard(self) -> None:
+        self._pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ObscuraError):
+            await self._pending
 
 
 class _Hashing:
@@ -119,6 +161,38 @@ async def run_job(
     inference: Executor,
     max_sealed_bytes: int,
 ) -> JobResult:
+    result_context = {
+        "purpose": "result",
+        "tenant": request.tenant,
+        "job_id": request.job_id,
+    }
+    result_key = _PrefetchedKey(
+        asyncio.create_task(
+            keys.generate_data_key(hospital_key_id, result_context, recipient=recipient)
+        )
+    )
+    try:
+        return await _run(
+            request, body, model, keys, recipient, nsm, result_key, inference,
+            max_sealed_bytes, hospital_key_id, result_context,
+        )  # fmt: skip
+    finally:
+        await result_key.discard()
+
+
+async def _run(
+    request: JobRequest,
+    body: AsyncIterable[bytes],
+    model: UnlockedModel,
+    keys: KeyService,
+    recipient: Recipient,
+    nsm: Nsm,
+    result_key: _PrefetchedKey,
+    inference: Executor,
+    max_sealed_bytes: int,
+    hospital_key_id: str,
+    result_context: dict[str, str],
+) -> JobResult:
     watch = Stopwatch()
     image_context = {
         "purpose": "image",
@@ -153,14 +227,9 @@ async def run_job(
     del watch.stages["infer"]
     document = prediction_document(request, model, view, scores, decoded)
     del decoded
-    result_context = {
-        "purpose": "result",
-        "tenant": request.tenant,
-        "job_id": request.job_id,
-    }
     sealed = bytes(
         await seal_bytes(
-            document, keys, hospital_key_id, result_context, recipient=recipient
+            document, result_key, hospital_key_id, result_context, recipient=recipient
         )
     )
     watch.lap("seal")

@@ -79,6 +79,7 @@ class Worker:
         self._keys: EnclaveKeys | None = None
         self._unlocking: asyncio.Task[None] | None = None
         self._servers: list[asyncio.Server] = []
+        self._tunnel: Relay | None = None
         self.pcr0: str | None = None
         self.tunnel_port = 0
         self.listen_port = 0
@@ -108,9 +109,9 @@ class Worker:
 
     async def start(self) -> None:
         relay_transport = self._relay_transport()
-        tunnel = Relay(relay_transport.connect, name="kms-tunnel")
+        self._tunnel = Relay(relay_transport.connect, name="kms-tunnel")
         tunnel_server = await asyncio.start_server(
-            tunnel.handle, "127.0.0.1", self.settings.kms_tunnel_port
+            self._tunnel.handle, "127.0.0.1", self.settings.kms_tunnel_port
         )
         self.tunnel_port = tunnel_server.sockets[0].getsockname()[1]
         endpoint = KmsEndpoint(
@@ -133,8 +134,11 @@ class Worker:
             self._unlocking.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._unlocking
+        # Closing the KMS client first lets its tunnel connections end cleanly.
         if self._keys is not None:
             await self._keys.close()
+        if self._tunnel is not None:
+            await self._tunnel.aclose()
         self._inference.shutdown(wait=False, cancel_futures=True)
 
     # Unlock ---------------------------------------------------------------

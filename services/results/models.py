@@ -28,7 +28,6 @@ JOB_STATUSES = ("received", "queued", "running", "succeeded", "failed")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed"})
 
 
-
 jobs = Table(
     "jobs",
     metadata,

@@ -176,7 +176,7 @@ class Link:
     def _abandon(self, cause: str) -> None:
         if self._closed_by is None:
             self._closed_by = cause
-            log.info("link_closed", cause=cause)
+            log.debug("link_closed", cause=cause)
         self._writer.close()
 
     def _check_open(self) -> None:
@@ -482,7 +482,7 @@ def _accept_peer(link: Link, peer: Hello, role: Role) -> None:
             "proxy and the other the worker."
         )
     link.peer = peer
-    log.info(
+    log.debug(
         "link_open",
         peer_role=peer.role.name.lower(),
         version=peer.version,

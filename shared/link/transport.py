@@ -75,7 +75,7 @@ async def _open(what: str, seconds: float, opening: Awaitable[Streams]) -> Strea
             "check that the peer is listening there."
         ) from exc
     _limit_send_size(writer)
-    log.info("link_connected", peer=what)
+    log.debug("link_connected", peer=what)
     return reader, writer
 
 

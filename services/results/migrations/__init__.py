@@ -1,1 +1,4 @@
-"""Alembic tree of the results database; run with ``python -m services.results migrate``."""
+"""Alembic tree of the results database.
+
+Run it with ``python -m services.results migrate``.
+"""

@@ -1,0 +1,93 @@
+"""Settings of the encryptor, from ``OBSCURA_ENCRYPTOR_*`` variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.broker import Topology
+from shared.envelope import DEFAULT_CHUNK_SIZE
+from shared.kms import Credentials, KmsEndpoint
+
+# Secrets that only ever belong on a developer machine.
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "test", "testing", "changeme", "secret", "dev", "guest", "postgres"}
+)
+MIN_PART_SIZE = 5 * 1024 * 1024
+"""S3 refuses multipart parts below 5 MiB, except the last one."""
+
+
+class EncryptorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OBSCURA_ENCRYPTOR_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    log_level: str = "INFO"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=0, le=65535)
+
+    internal_token: SecretStr = SecretStr("dev")
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+
+    bucket: str = Field(default="obscura-images", min_length=3, max_length=63)
+    s3_endpoint_url: str | None = None
+    s3_connect_timeout_s: float = Field(default=3.0, gt=0)
+    s3_read_timeout_s: float = Field(default=30.0, gt=0)
+    part_size: int = Field(default=8 * 1024 * 1024, ge=MIN_PART_SIZE)
+    chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1)
+
+    aws_region: str = "us-east-1"
+    kms_endpoint_url: str | None = None
+    kms_connect_timeout_s: float = Field(default=3.0, gt=0)
+    kms_read_timeout_s: float = Field(default=10.0, gt=0)
+    hospital_key_id: str = "alias/obscura-hospital"
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    topology_prefix: str | None = None
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    publish_timeout_s: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> EncryptorSettings:
+        if self.environment == "development":
+            return self
+        secrets = {"OBSCURA_ENCRYPTOR_INTERNAL_TOKEN": self.internal_token}
+        if self.aws_secret_access_key is not None:
+            secrets["OBSCURA_ENCRYPTOR_AWS_SECRET_ACCESS_KEY"] = (
+                self.aws_secret_access_key
+            )
+        for name, value in secrets.items():
+            if value.get_secret_value().lower() in PLACEHOLDER_SECRETS:
+                raise ValueError(
+                    f"{name} holds a placeholder value outside development;"
+                    " set a real secret."
+                )
+        return self
+
+    def topology(self) -> Topology:
+        if self.topology_prefix:
+            return Topology.prefixed(self.topology_prefix)
+        return Topology()
+
+    def kms_endpoint(self) -> KmsEndpoint:
+        return KmsEndpoint(
+            region=self.aws_region,
+            endpoint_url=self.kms_endpoint_url,
+            connect_timeout_s=self.kms_connect_timeout_s,
+            read_timeout_s=self.kms_read_timeout_s,
+        )
+
+    def credentials(self) -> Credentials | None:
+        """The encryptor principal's credentials; None uses the default chain."""
+        if self.aws_access_key_id is None or self.aws_secret_access_key is None:
+            return None
+        token = self.aws_session_token
+        return Credentials(
+            access_key_id=self.aws_access_key_id,
+            secret_access_key=self.aws_secret_access_key.get_secret_value(),
+            session_token=token.get_secret_value() if token else None,
+        )

@@ -1,0 +1,67 @@
+"""Running the results service: engine, KMS client, consumers and the HTTP server.
+
+Start-up order matters: the database engine and KMS client exist before the
+consumers start, so the first delivered message can already be committed; on
+shutdown the consumers stop first, so no message is in flight when the engine
+goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import uvicorn
+
+from services.results.app import create_app
+from services.results.components import Components
+from services.results.consumers import Consumers
+from services.results.db import make_engine
+from services.results.decrypt import open_key_service
+from services.results.handlers import MessageHandler
+from services.results.settings import ResultsSettings
+from services.results.store import JobStore
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: ResultsSettings) -> AsyncIterator[Components]:
+    """Everything the service needs, started in order and stopped in reverse."""
+    engine = make_engine(
+        settings.database_url.get_secret_value(),
+        pool_size=settings.db_pool_size,
+        timeout_s=settings.db_timeout_s,
+    )
+    try:
+        async with open_key_service(settings) as keys:
+            consumers = Consumers(
+                MessageHandler(JobStore(engine)),
+                settings.amqp_url.get_secret_value(),
+                settings.topology(),
+                prefetch=settings.prefetch,
+                requeue_backoff_s=settings.requeue_backoff_s,
+            )
+            components = Components(settings, engine, keys, consumers)
+            consumers.metrics = components.metrics
+            await consumers.start()
+            try:
+                yield components
+            finally:
+                await consumers.stop()
+    finally:
+        await engine.dispose()
+
+
+async def serve(settings: ResultsSettings) -> None:
+    async with running(settings) as components:
+        config = uvicorn.Config(
+            create_app(components),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+        )
+        log.info("results service listening", host=settings.host, port=settings.port)
+        await uvicorn.Server(config).serve()
