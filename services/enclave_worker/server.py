@@ -83,6 +83,7 @@ class Worker:
         self.pcr0: str | None = None
         self.tunnel_port = 0
         self.listen_port = 0
+        self.completed = 0
 
     # Recipients -----------------------------------------------------------
 
@@ -281,6 +282,7 @@ class Worker:
             ),
             [result.sealed_result],
         )
+        self.completed += 1
         log.info(
             "job done",
             **{

@@ -107,7 +107,7 @@ async def wait_settled(client: WorkerClient, timeout_s: float = 60.0) -> None:
 
 async def submit(
     running: Running, image: bytes, view: str
-) -> tuple[str, bytes, object]:
+) -> tuple[str, bytes, JobOutcome]:
     job_id = str(uuid.uuid4())
     nonce = secrets.token_bytes(16)
     sealed = await running.provisioned.seal_image(image, TENANT, job_id)

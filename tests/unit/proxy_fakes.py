@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -137,3 +138,12 @@ class FakeWorker:
         if self.job_error is not None:
             raise self.job_error
         return self.result
+
+
+async def wait_until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Poll a condition the code under test offers no event for."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if check():
+                return
+            await asyncio.sleep(0.01)

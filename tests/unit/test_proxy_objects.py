@@ -30,7 +30,7 @@ class FakeS3:
         self._data = data
         self._code = code
 
-    async def get_object(self, *, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803
+    async def get_object(self, *, Bucket: str, Key: str) -> dict[str, Any]:
         if self._data is None:
             status = 503 if self._code == "SlowDown" else 404
             raise ClientError(

@@ -14,6 +14,7 @@ from tests.unit.proxy_fakes import (
     FakeWorker,
     job_message,
     outcome,
+    wait_until,
 )
 
 SEALED = b"sealed"
@@ -146,9 +147,7 @@ async def _start_one_job(
 ) -> ProxyService:
     service, queue, objects = await _service(rec, worker, grace_s)
     await service.start()
-    async with asyncio.timeout(5):
-        while queue.callback is None:
-            await asyncio.sleep(0.01)
+    await wait_until(lambda: queue.callback is not None)
     job = job_message(SEALED)
     objects.objects[(job.bucket, job.object_key)] = SEALED
     delivery = RecordingDelivery(job.model_dump_json().encode())
@@ -204,16 +203,12 @@ async def test_proxy_service_stop_requeues_jobs_past_the_grace_period() -> None:
 async def test_proxy_service_not_ready_worker_stops_consuming() -> None:
     rec = Recorder()
     worker = FakeWorker(WorkerStatus(ready=True, slots=2, has_credentials=True))
-    service, queue, _ = await _service(rec, worker, grace_s=1)
+    service, _, _ = await _service(rec, worker, grace_s=1)
     await service.start()
     try:
-        async with asyncio.timeout(5):
-            while not service.readiness().ready:
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: service.readiness().ready)
         worker.status_value = WorkerStatus(ready=False, reason="model_locked", slots=2)
-        async with asyncio.timeout(5):
-            while "cancel" not in rec.events:
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: "cancel" in rec.events)
         state = service.readiness()
         assert (state.ready, state.reason) == (False, "worker_not_ready: model_locked")
         assert rec.events[:2] == ["qos 2", "consume"]

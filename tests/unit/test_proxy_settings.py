@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
 from services.enclave_proxy.settings import ProxySettings
 
-PRODUCTION = {
+PRODUCTION: dict[str, Any] = {
     "environment": "production",
     "amqp_url": "amqps://proxy:s3cret-long@broker.internal:5671/",
     "worker_transport": "vsock",

@@ -172,9 +172,10 @@ class Broker:
                 await asyncio.sleep(0.05)
 
     async def jobs_waiting(self) -> int:
-        queue = await self.channel.declare_queue(self.topology.jobs_queue, passive=True)
-        count = queue.declaration_result.message_count
-        return int(count or 0)
+        # A robust channel caches declared queues, and with them a stale count.
+        underlay = await self.channel.get_underlay_channel()
+        declared = await underlay.queue_declare(self.topology.jobs_queue, passive=True)
+        return int(declared.message_count or 0)
 
 
 @pytest.fixture
@@ -273,6 +274,9 @@ async def proxy_factory(
 
 
 async def wait_until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Poll a condition the code under test offers no event for."""
     async with asyncio.timeout(timeout_s):
-        while not check():
+        while True:
+            if check():
+                return
             await asyncio.sleep(0.02)

@@ -66,6 +66,12 @@ async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None
         await asyncio.sleep(0.02)
 
 
+def _grew(
+    consumers: Consumers, queue: str, disposition: str, before: float
+) -> Callable[[], bool]:
+    return lambda: _count(consumers, queue, disposition) > before
+
+
 async def _send(exchange: aio_pika.abc.AbstractExchange, body: bytes) -> None:
     await publish(
         exchange,
@@ -96,7 +102,7 @@ async def test_consumers_apply_results_idempotently(
     ]:
         before = _count(running, queue, status)
         await _send(exchange, body)
-        await _until(lambda s=status, b=before: _count(running, queue, s) > b)
+        await _until(_grew(running, queue, status, before))
     job, stored = await store.result(tenant, job_id)
     assert job.status == "succeeded"
     assert stored.sealed_result == sealed
