@@ -63,8 +63,14 @@ def moto_server() -> Iterator[MotoServer]:
 
 
 @pytest.fixture(scope="session")
-def dev_pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
-    return DevPki.load_or_create(tmp_path_factory.mktemp("dev-state"))
+def dev_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The dev state folder a worker process started by a test is pointed at."""
+    return tmp_path_factory.mktemp("dev-state")
+
+
+@pytest.fixture(scope="session")
+def dev_pki(dev_state_dir: Path) -> DevPki:
+    return DevPki.load_or_create(dev_state_dir)
 
 
 @pytest.fixture(scope="session")
