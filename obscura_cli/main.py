@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Coroutine
@@ -286,6 +287,150 @@ def key_policy_hospital(
     )
     policy = hospital_key_policy(principals, _measurement(pcr0, pcr1, pcr2, pcrs_file))
     click.echo(json.dumps(policy, indent=2))
+
+
+STATE_DIR_OPTION = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=lambda: os.environ.get("OBSCURA_STATE_DIR", ".obscura"),
+    show_default=".obscura or OBSCURA_STATE_DIR",
+)
+
+
+@main.group()
+def dev() -> None:
+    """The local mesh on the stand-ins (development machines only)."""
+
+
+@dev.command("up")
+@STATE_DIR_OPTION
+@click.option("--free-ports", is_flag=True, help="Pick free ports instead of 8080...")
+@click.option("--timeout", "timeout_s", default=300.0, show_default=True)
+def dev_up(state_dir: Path, free_ports: bool, timeout_s: float) -> None:
+    """Start moto, the KMS gate and the five services; return when all are ready."""
+    from obscura_cli.dev import print_status, status, up
+
+    mesh = up(state_dir.resolve(), free_ports=free_ports, timeout_s=timeout_s)
+    print_status(status(state_dir.resolve()))
+    click.echo(f"gateway: {mesh['gateway_url']}  tenant: {mesh['tenant']}")
+    click.echo(
+        f"token (all scopes) in {mesh['token_file']}; approved PCR0 {mesh['pcr0']}"
+    )
+
+
+@dev.command("down")
+@STATE_DIR_OPTION
+def dev_down(state_dir: Path) -> None:
+    """Stop exactly what `dev up` started."""
+    from obscura_cli.dev import down
+
+    down(state_dir.resolve())
+
+
+@dev.command("status")
+@STATE_DIR_OPTION
+@click.option("--json", "as_json", is_flag=True)
+def dev_status(state_dir: Path, as_json: bool) -> None:
+    """What runs: pid, state, readiness, restarts and log file of each service."""
+    from obscura_cli.dev import print_status, status
+
+    report = status(state_dir.resolve())
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        print_status(report)
+
+
+@dev.command("token")
+@STATE_DIR_OPTION
+@click.option("--tenant", required=True)
+@click.option(
+    "--scopes",
+    required=True,
+    help="Comma-separated: jobs:submit,jobs:read,results:read,results:decrypt,admin",
+)
+@click.option("--name", default="dev token")
+def dev_token(state_dir: Path, tenant: str, scopes: str, name: str) -> None:
+    """Mint a bearer token on the local mesh; it is printed once, stored hashed."""
+    from obscura_cli.dev import read_mesh
+    from services.results.tokens import mint_token
+
+    mesh = read_mesh(state_dir.resolve())
+    wanted = [scope.strip() for scope in scopes.split(",") if scope.strip()]
+    click.echo(mint_token(mesh["database_url"], tenant, wanted, name))
+
+
+@main.command("submit")
+@click.argument(
+    "files",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+@click.option("--view", default=None, help="L-CC, R-CC, L-MLO or R-MLO for every file.")
+@click.option("--priority", type=click.Choice(["routine", "stat"]), default="routine")
+@click.option(
+    "--wait", is_flag=True, help="Wait, read each prediction, verify receipts."
+)
+@click.option("--timeout", "timeout_s", default=300.0, show_default=True)
+@click.option("--gateway", default=None, help="Default: the local mesh's gateway.")
+@click.option("--token", default=None, envvar="OBSCURA_TOKEN")
+@click.option("--pcr0", default=None, help="Approved PCR0 to verify receipts against.")
+@click.option(
+    "--root", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None
+)
+@STATE_DIR_OPTION
+def submit(
+    files: tuple[Path, ...],
+    view: str | None,
+    priority: str,
+    wait: bool,
+    timeout_s: float,
+    gateway: str | None,
+    token: str | None,
+    pcr0: str | None,
+    root: Path | None,
+    state_dir: Path,
+) -> None:
+    """Post images as jobs; with --wait print predictions and receipt checks.
+
+    Without --view, a DICOM's view comes from its tags and a PNG's from a name like
+    1_R_CC.png.
+    """
+    from obscura_cli.submit import print_table, submit_all
+
+    mesh: dict[str, Any] = {}
+    if gateway is None or token is None or (wait and pcr0 is None):
+        from obscura_cli.dev import read_mesh
+
+        mesh = read_mesh(state_dir.resolve())
+    token = token or Path(mesh["token_file"]).read_text().strip()
+    approved = bytes.fromhex(pcr0 or mesh["pcr0"]) if wait else None
+    root_pem = root or (Path(mesh["dev_root_pem"]) if mesh else None)
+    views = {
+        path: view_from_name(path.name)
+        for path in files
+        if path.suffix.lower() == ".png"
+    }
+    items = run_async(
+        submit_all(
+            list(files),
+            gateway=gateway or mesh["gateway_url"],
+            token=token,
+            view=view,
+            views=views,
+            priority=priority,
+            wait=wait,
+            timeout_s=timeout_s,
+            pcr0=approved,
+            root_pem=root_pem,
+        )
+    )
+    print_table(items)
+    if any(item.status in ("refused", "failed") for item in items):
+        sys.exit(1)
+    if wait and any(item.verified != "yes" for item in items):
+        sys.exit(1)
 
 
 @main.group()

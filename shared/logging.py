@@ -42,6 +42,12 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = True) -
     )
     structlog.contextvars.bind_contextvars(service=service)
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
+    # Client libraries log every request at INFO; our own lines already say what
+    # matters, and a URL with a presigned query has no place in a log.
+    for noisy in ("httpx", "httpcore", "botocore", "aiobotocore", "aiormq", "aio_pika"):
+        logging.getLogger(noisy).setLevel(
+            max(logging.WARNING, logging.getLevelName(level.upper()))
+        )
     _configured = True
 
 

@@ -516,8 +516,15 @@ def create_app(
         yield
         await gate.aclose()
 
+    async def healthz(_: Request) -> Response:
+        return Response("ok\n", media_type="text/plain")
+
     return Starlette(
-        routes=[Route("/", gate.handle, methods=["POST"])], lifespan=lifespan
+        routes=[
+            Route("/", gate.handle, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
     )
 
 

@@ -173,7 +173,7 @@ class Supervisor:
             if changed:
                 self._write_state()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 0.5)
+                await asyncio.wait_for(self._stopping.wait(), 2.0)
 
     def begin(self) -> None:
         """Create the run folder, take the stop signals, start probing."""

@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
-from services.encryptor.metrics import EncryptorMetrics, RequestMetricsMiddleware
+from services.encryptor.metrics import EncryptorMetrics
 from services.encryptor.publisher import (
     AmqpJobPublisher,
     BrokerUnavailableError,
@@ -45,6 +45,7 @@ from services.encryptor.storage import (
     StorageError,
 )
 from shared.errors import DependencyError, ObscuraError
+from shared.http_middleware import RequestMiddleware
 from shared.kms import AwsKeyService
 from shared.logging import bind_context, get_logger, unbind_context
 
@@ -150,7 +151,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.deps = dependencies
     _routes(app, settings, metrics)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestMiddleware, requests=metrics.requests)
     return app
 
 

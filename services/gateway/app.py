@@ -31,10 +31,11 @@ from services.gateway.auth import Authenticator, Principal
 from services.gateway.encryptor_client import EncryptorClient
 from services.gateway.errors import ApiError, ErrorBody, install_handlers, not_found
 from services.gateway.intake import IntakeLimits
-from services.gateway.metrics import GatewayMetrics, RequestMiddleware
+from services.gateway.metrics import GatewayMetrics
 from services.gateway.results_client import ResultsClient
 from services.gateway.settings import GatewaySettings
 from services.gateway.submit import SubmitContext, links, submit
+from shared.http_middleware import RequestMiddleware
 
 JOB_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _bearer = HTTPBearer(auto_error=False)
@@ -151,7 +152,7 @@ def create_app(
     install_handlers(app)
     _job_routes(app, context)
     _service_routes(app, context, metrics)
-    app.add_middleware(RequestMiddleware, metrics=metrics)
+    app.add_middleware(RequestMiddleware, requests=metrics.requests)
     return app
 
 
