@@ -111,9 +111,7 @@ async def submit_all(
     async with httpx.AsyncClient(
         base_url=gateway, headers=headers, timeout=120
     ) as client:
-        with click.progressbar(
-            items, label="submitting", file=sys.stderr
-        ) as bar:
+        with click.progressbar(items, label="submitting", file=sys.stderr) as bar:
             for item in bar:
                 item.started = time.monotonic()
                 await _post(client, item, priority)
