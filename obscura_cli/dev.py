@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,6 +50,12 @@ def read_mesh(state_dir: Path) -> dict[str, Any]:
 def alive(pid: int | None) -> bool:
     if not pid:
         return False
+    # A supervisor this process spawned stays its child: reap it if it exited,
+    # or it would look alive as a zombie.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -82,7 +87,13 @@ async def _preflight(amqp_url: str, postgres_dsn: str) -> list[str]:
     return problems
 
 
-def up(state_dir: Path, *, free_ports: bool, timeout_s: float) -> dict[str, Any]:
+def up(
+    state_dir: Path,
+    *,
+    free_ports: bool,
+    timeout_s: float,
+    extra_args: tuple[str, ...] = (),
+) -> dict[str, Any]:
     state = read_state(state_dir)
     if state and alive(state.get("supervisor_pid")):
         raise click.ClickException(
@@ -104,20 +115,30 @@ def up(state_dir: Path, *, free_ports: bool, timeout_s: float) -> dict[str, Any]
     argv = [sys.executable, "-m", "standins.devmesh", "--state-dir", str(state_dir)]
     if free_ports:
         argv.append("--free-ports")
-    with (folder / "devmesh.log").open("ab") as log:
-        process = subprocess.Popen(
+    argv.extend(extra_args)
+    # posix_spawn rather than Popen: the supervisor outlives this command, and a
+    # Popen object dropped while its child runs only produces a warning.
+    log = os.open(folder / "devmesh.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        pid = os.posix_spawn(
+            sys.executable,
             argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            dict(os.environ),
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log, 1),
+                (os.POSIX_SPAWN_DUP2, log, 2),
+            ],
+            setsid=True,
         )
+    finally:
+        os.close(log)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if (folder / "ready").exists():
             return read_mesh(state_dir)
         failed = folder / "failed"
-        if failed.exists() or process.poll() is not None:
+        if failed.exists() or not alive(pid):
             reason = failed.read_text().strip() if failed.exists() else "it exited"
             down(state_dir, quiet=True)
             raise click.ClickException(
