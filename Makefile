@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lint typecheck test unit clean
+.PHONY: venv lint typecheck test unit demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,17 @@ test: lint typecheck
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
+
+# The main job on the local stand-ins: mesh up, sample images through, mesh down.
+# IMAGES=DIR runs real mammograms (PNG or DICOM) instead of the phantom.
+IMAGES ?=
+demo: $(STAMP)
+	$(BIN)/obscura demo $(if $(IMAGES),--images $(IMAGES))
+
+# Benchmarks print ratios; they are not part of `make test`.
+bench: $(STAMP)
+	$(BIN)/obscura bench worker
+	$(BIN)/obscura bench mesh
 
 clean:
 	rm -rf $(VENV) .obscura .mypy_cache .pytest_cache .ruff_cache

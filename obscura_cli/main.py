@@ -433,6 +433,60 @@ def submit(
         sys.exit(1)
 
 
+@main.command("demo")
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="A folder of PNG or DICOM mammograms; default: the synthetic phantom.",
+)
+@STATE_DIR_OPTION
+def demo(images: Path | None, state_dir: Path) -> None:
+    """Bring the mesh up, run the sample images through it, print, bring it down."""
+    from obscura_cli.dev import down, up
+    from obscura_cli.submit import print_table, submit_all
+    from standins.phantom import phantom_png
+
+    state = state_dir.resolve()
+    if images is None:
+        folder = state / "phantom"
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for view, seed in (("L-CC", 0), ("R-MLO", 1)):
+            path = folder / f"phantom_{view.replace('-', '_')}.png"
+            path.write_bytes(phantom_png(view, seed=seed))
+            files.append(path)
+    else:
+        files = sorted(
+            p for p in images.iterdir() if p.suffix.lower() in (".png", ".dcm")
+        )
+        if not files:
+            fail(f"no .png or .dcm files in {images}.")
+    click.echo("starting the mesh (moto, KMS gate, five services)...", err=True)
+    mesh = up(state, free_ports=True, timeout_s=300)
+    try:
+        items = run_async(
+            submit_all(
+                files,
+                gateway=mesh["gateway_url"],
+                token=Path(mesh["token_file"]).read_text().strip(),
+                view=None,
+                views={p: view_from_name(p.name) for p in files if p.suffix == ".png"},
+                priority="routine",
+                wait=True,
+                timeout_s=300,
+                pcr0=bytes.fromhex(mesh["pcr0"]),
+                root_pem=Path(mesh["dev_root_pem"]),
+            )
+        )
+        print_table(items)
+    finally:
+        down(state, quiet=True)
+        click.echo("mesh stopped.", err=True)
+    if any(item.verified != "yes" for item in items):
+        sys.exit(1)
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks (not part of the test run)."""
