@@ -518,6 +518,26 @@ def bench_worker(images: tuple[Path, ...], view: str | None, repeat: int) -> Non
     run_worker_bench(inputs, repeat)
 
 
+@bench.command("mesh")
+@click.argument(
+    "images", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option("--jobs", default=16, show_default=True, type=click.IntRange(2, 500))
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64))
+def bench_mesh(images: tuple[Path, ...], jobs: int, threads: int) -> None:
+    """The whole mesh over the bare model: throughput, latency, envelope cost.
+
+    Without IMAGES it uses the synthetic CC phantom (3328 x 2560).
+    """
+    from obscura_cli.bench_mesh import run_mesh_bench
+    from standins.phantom import phantom_png
+
+    inputs = [(p.name, p.read_bytes(), view_from_name(p.name)) for p in images]
+    if not inputs:
+        inputs = [("phantom L-CC", phantom_png("L-CC"), "L-CC")]
+    run_mesh_bench(inputs, jobs, threads)
+
+
 @main.group()
 def receipt() -> None:
     """Check prediction receipts offline."""

@@ -115,10 +115,19 @@ async def declare(channel: AbstractChannel, topology: Topology) -> Declared:
     return Declared(jobs, results, jobs_queue, results_queue, dead)
 
 
-async def connect(url: str, *, timeout_s: float = 10.0) -> AbstractRobustConnection:
-    """A reconnecting connection; consumers are restored by aio-pika on reconnect."""
+async def connect(
+    url: str, *, timeout_s: float = 10.0, name: str | None = None
+) -> AbstractRobustConnection:
+    """A reconnecting connection; consumers are restored by aio-pika on reconnect.
+
+    ``name`` becomes the connection name the broker shows (``rabbitmqctl
+    list_connections client_properties``), so an operator can tell services apart.
+    """
+    properties: dict[str, Any] = {"connection_name": name} if name else {}
     try:
-        return await aio_pika.connect_robust(url, timeout=timeout_s)
+        return await aio_pika.connect_robust(
+            url, timeout=timeout_s, client_properties=properties
+        )
     except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
         raise RetryableDependencyError(
             f"RabbitMQ at {_safe_url(url)} is unreachable: {type(exc).__name__}.",

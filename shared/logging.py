@@ -7,7 +7,9 @@ knows what a pixel or a key is: callers must never pass such values as fields.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import sys
 from typing import Any
 
@@ -58,3 +60,30 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
 
 bind_context = structlog.contextvars.bind_contextvars
 unbind_context = structlog.contextvars.unbind_contextvars
+
+
+LOOP_DEBUG_ENV = "OBSCURA_LOOP_SLOW_CALLBACK_S"
+
+
+def enable_loop_debug_from_env() -> float | None:
+    """Put the running loop in debug mode when ``OBSCURA_LOOP_SLOW_CALLBACK_S`` is set.
+
+    asyncio then logs every callback that holds the loop longer than that many
+    seconds ("Executing <Handle ...> took X seconds") on the ``asyncio`` logger at
+    WARNING, which ``configure_logging`` routes to stderr. Call it from a
+    coroutine of each entry point; returns the threshold, or None when unset.
+    """
+    value = os.environ.get(LOOP_DEBUG_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        threshold = float(value)
+    except ValueError as exc:
+        raise ValueError(
+            f"{LOOP_DEBUG_ENV}={value!r} is not a number of seconds; set e.g. 0.1."
+        ) from exc
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = threshold
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    return threshold

@@ -7,12 +7,13 @@ import signal
 
 from services.enclave_proxy.service import ProxyService
 from services.enclave_proxy.settings import ProxySettings
-from shared.logging import configure_logging, get_logger
+from shared.logging import configure_logging, enable_loop_debug_from_env, get_logger
 
 log = get_logger("services.enclave_proxy")
 
 
 async def run(settings: ProxySettings) -> None:
+    enable_loop_debug_from_env()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

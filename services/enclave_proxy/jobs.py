@@ -39,6 +39,8 @@ log = get_logger(__name__)
 
 INVALID_MESSAGE = "invalid_message"
 DELIVERY_COUNT_HEADER = "x-delivery-count"
+# A job that ended in one of these has its result confirmed by the broker.
+FINAL_OUTCOMES = frozenset({"succeeded", "failed"})
 # Settling a delivery whose channel is gone raises one of these; the broker
 # redelivers such a message by itself, so the loop only logs them.
 SETTLE_ERRORS = (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError)
@@ -148,9 +150,10 @@ class JobHandler:
         self._metrics = metrics
         self._job_timeout_s = job_timeout_s
         self._retry = retry
+        self._running: dict[str, asyncio.Future[str]] = {}
 
     async def handle(self, delivery: Delivery) -> str:
-        """The outcome: succeeded, failed, retried, rejected or abandoned."""
+        """The outcome: one of ``metrics.OUTCOMES``."""
         started = time.monotonic()
         self._metrics.in_flight.inc()
         outcome = "abandoned"
@@ -183,6 +186,29 @@ class JobHandler:
             return await self._process(delivery, job)
 
     async def _process(self, delivery: Delivery, job: JobMessage) -> str:
+        """Run the job once, even when the broker hands it over again meanwhile.
+
+        A delivery whose channel closed (a dropped connection, the broker's
+        consumer timeout) comes back while its first copy still runs here. The
+        copy waits for the first; if that one published a final result, only
+        its ack was lost, so the copy is acked without running the job again.
+        """
+        while (earlier := self._running.get(job.job_id)) is not None:
+            log.info("job_already_running", delivery_count=_delivery_count(delivery))
+            if await asyncio.shield(earlier) in FINAL_OUTCOMES:
+                await settle(delivery.ack(), "ack")
+                return "duplicate"
+        finished: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._running[job.job_id] = finished
+        outcome = "abandoned"
+        try:
+            outcome = await self._process_once(delivery, job)
+        finally:
+            del self._running[job.job_id]
+            finished.set_result(outcome)
+        return outcome
+
+    async def _process_once(self, delivery: Delivery, job: JobMessage) -> str:
         try:
             await self._results.publish(_running(job))
             result = await self._run(job)

@@ -16,7 +16,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-OUTCOMES = ("succeeded", "failed", "retried", "rejected", "abandoned")
+OUTCOMES = ("succeeded", "failed", "retried", "rejected", "duplicate", "abandoned")
 
 
 class ProxyMetrics:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -61,6 +62,7 @@ async def open_broker(settings: ProxySettings) -> BrokerLink:
     connection = await connect(
         settings.amqp_url.get_secret_value(),
         timeout_s=settings.broker_connect_timeout_s,
+        name=broker_connection_name(settings),
     )
     try:
         channel = await connection.channel(publisher_confirms=True)
@@ -69,6 +71,11 @@ async def open_broker(settings: ProxySettings) -> BrokerLink:
         await connection.close()
         raise
     return BrokerLink(connection, channel, declared.jobs_queue, declared.results)
+
+
+def broker_connection_name(settings: ProxySettings) -> str:
+    """What ``rabbitmqctl list_connections`` shows for this proxy."""
+    return f"enclave-proxy {settings.topology().jobs_queue} pid {os.getpid()}"
 
 
 def worker_transport(settings: ProxySettings) -> Transport:
@@ -214,6 +221,10 @@ class ProxyService:
             return Readiness(False, "starting")
         if not self._broker.connection.connected.is_set():
             return Readiness(False, "broker_disconnected")
+        if getattr(self._broker.channel, "is_closed", False):
+            # The broker closed the channel alone (consumer timeout, a channel
+            # error); aio-pika reopens it and restores the consumer.
+            return Readiness(False, "channel_closed")
         status = self.supervisor.status
         if status is None:
             return Readiness(False, "worker_unreachable")

@@ -13,7 +13,7 @@ import signal
 from collections.abc import Callable
 
 from services.enclave_worker.settings import WorkerSettings
-from shared.logging import configure_logging, get_logger
+from shared.logging import configure_logging, enable_loop_debug_from_env, get_logger
 from shared.nsm import Nsm
 
 
@@ -27,6 +27,7 @@ def pin_torch_threads(threads: int) -> None:
 
 
 async def serve(settings: WorkerSettings, nsm: Nsm) -> None:
+    enable_loop_debug_from_env()
     from services.enclave_worker.server import Worker
 
     worker = Worker(settings, nsm)

@@ -47,7 +47,12 @@ from services.encryptor.storage import (
 from shared.errors import DependencyError, ObscuraError
 from shared.http_middleware import RequestMiddleware
 from shared.kms import AwsKeyService
-from shared.logging import bind_context, get_logger, unbind_context
+from shared.logging import (
+    bind_context,
+    enable_loop_debug_from_env,
+    get_logger,
+    unbind_context,
+)
 
 log = get_logger(__name__)
 READY_TIMEOUT_S = 3.0
@@ -142,6 +147,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        enable_loop_debug_from_env()
         async with contextlib.AsyncExitStack() as stack:
             app.state.deps = dependencies or await build_dependencies(settings, stack)
             yield

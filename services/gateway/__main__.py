@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from services.gateway.app import create_app
+from services.gateway.server import server_config
 from services.gateway.settings import GatewaySettings
 from shared.logging import configure_logging
 
@@ -12,13 +13,7 @@ from shared.logging import configure_logging
 def main() -> None:
     settings = GatewaySettings()
     configure_logging("gateway", level=settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-    )
+    uvicorn.Server(server_config(create_app(settings), settings)).run()
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from services.gateway.results_client import ResultsClient
 from services.gateway.settings import GatewaySettings
 from services.gateway.submit import SubmitContext, links, submit
 from shared.http_middleware import RequestMiddleware
+from shared.logging import enable_loop_debug_from_env
 
 JOB_ID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _bearer = HTTPBearer(auto_error=False)
@@ -127,6 +128,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        enable_loop_debug_from_env()
         async with results_http, encryptor_http:
             yield
 
@@ -145,6 +147,9 @@ def create_app(
             max_form_overhead_bytes=settings.max_form_overhead_bytes,
             max_parts=settings.max_parts,
             max_field_bytes=settings.max_field_bytes,
+            body_idle_timeout_s=settings.body_idle_timeout_s,
+            min_body_rate_bps=settings.min_body_rate_bps,
+            body_rate_grace_s=settings.body_rate_grace_s,
         ),
         default_model=settings.default_model,
         metrics=metrics,
@@ -180,7 +185,10 @@ def _job_routes(app: FastAPI, context: SubmitContext) -> None:
         "/v1/jobs",
         status_code=202,
         response_model=JobAccepted,
-        responses={**_errors(409, 413, 415, 422), 200: {"model": JobAccepted}},
+        responses={
+            **_errors(400, 408, 409, 413, 415, 422),
+            200: {"model": JobAccepted},
+        },
         openapi_extra=_UPLOAD_BODY,
     )
     async def create_job(request: Request, caller: Caller) -> JSONResponse:

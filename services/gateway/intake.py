@@ -14,6 +14,7 @@ bodies and wrong Content-Length included) against the cap.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -38,6 +39,9 @@ class IntakeLimits:
     max_form_overhead_bytes: int
     max_parts: int
     max_field_bytes: int
+    body_idle_timeout_s: float = 30.0
+    min_body_rate_bps: int = 0
+    body_rate_grace_s: float = 10.0
 
 
 def too_large(limit: int) -> ApiError:
@@ -61,6 +65,45 @@ async def counted(source: AsyncIterator[bytes], limit: int) -> AsyncIterator[byt
             raise too_large(limit)
         if piece:
             yield piece
+
+
+def too_slow(message: str) -> ApiError:
+    return ApiError(408, "request_timeout", message)
+
+
+async def paced(
+    source: AsyncIterator[bytes], limits: IntakeLimits
+) -> AsyncIterator[bytes]:
+    """Pass bytes on, refusing a body that stalls or trickles (408).
+
+    A body may pause up to ``body_idle_timeout_s`` between chunks; once older than
+    ``body_rate_grace_s`` its average rate must reach ``min_body_rate_bps``. Both
+    free the connection of a client that sends a byte at a time.
+    """
+    loop = asyncio.get_running_loop()
+    started, total = loop.time(), 0
+    while True:
+        try:
+            async with asyncio.timeout(limits.body_idle_timeout_s):
+                piece = await anext(source, None)
+        except TimeoutError as exc:
+            raise too_slow(
+                f"the upload sent nothing for {limits.body_idle_timeout_s} s; send"
+                " the body without pauses."
+            ) from exc
+        if piece is None:
+            return
+        total += len(piece)
+        elapsed = loop.time() - started
+        if (
+            elapsed > limits.body_rate_grace_s
+            and total < limits.min_body_rate_bps * elapsed
+        ):
+            raise too_slow(
+                f"the upload arrives at {total / elapsed:.0f} bytes/s, below the"
+                f" minimum of {limits.min_body_rate_bps}; send it faster."
+            )
+        yield piece
 
 
 class _Events:

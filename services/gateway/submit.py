@@ -34,6 +34,7 @@ from services.gateway.intake import (
     counted,
     inspect_upload,
     invalid,
+    paced,
     too_large,
 )
 from services.gateway.metrics import GatewayMetrics
@@ -133,7 +134,7 @@ async def _read(request: Request, context: SubmitContext) -> tuple[JobFields, Up
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
         raise too_large(limits.max_upload_bytes)
-    raw = counted(aiter(request.stream()), cap)
+    raw = counted(paced(aiter(request.stream()), limits), cap)
     media, options = parse_options_header(request.headers.get("content-type", ""))
     if media == b"multipart/form-data":
         boundary = options.get(b"boundary")

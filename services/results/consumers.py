@@ -2,13 +2,16 @@
 
 Manual acks, sent only after the handler's transaction committed. A database that
 is down is a retryable error: the message is nacked with requeue after a backoff,
-never lost. An unexpected error is requeued once (``redelivered`` is False) and
-dropped with an error line the second time, so a poison message cannot loop.
+never lost. An unexpected error is requeued once (``redelivered`` is False); the
+second time the job the message names is marked failed and the message acked, so
+a poison message can neither loop nor leave its job in flight. Should even that
+fail, the message goes back after the backoff rather than be dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import (
@@ -52,13 +55,21 @@ class Consumers:
         self.metrics: Metrics | None = None
 
     @property
+    def connection_name(self) -> str:
+        """What ``rabbitmqctl list_connections`` shows for these consumers."""
+        return f"results {self._topology.results_queue} pid {os.getpid()}"
+
+    @property
     def running(self) -> bool:
-        """True while both consumers are registered on an open channel."""
-        channel = self._channel
-        return len(self._tags) == 2 and channel is not None and not channel.is_closed
+        """True while both consumers are registered on an open channel of a
+        connected connection; false while aio-pika reconnects and restores."""
+        connection, channel = self._connection, self._channel
+        if connection is None or channel is None or len(self._tags) != 2:
+            return False
+        return connection.connected.is_set() and not channel.is_closed
 
     async def start(self) -> None:
-        self._connection = await connect(self._url)
+        self._connection = await connect(self._url, name=self.connection_name)
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=self._prefetch)
         declared = await declare(channel, self._topology)
@@ -104,9 +115,22 @@ class Consumers:
             await message.nack(requeue=True)
             return "requeued"
         except Exception:
-            requeue = not message.redelivered
-            log.exception("message handler failed", requeue=requeue)
-            await message.nack(requeue=requeue)
-            return "failed"
+            log.exception("message handler failed", redelivered=message.redelivered)
+            if not message.redelivered:
+                await message.nack(requeue=True)
+                return "requeued"
+            return await self._give_up(message)
         await message.ack()
         return disposition.value
+
+    async def _give_up(self, message: AbstractIncomingMessage) -> str:
+        """Second failure of one message: fail its job, then ack."""
+        try:
+            await self._handler.on_unhandled(message.body)
+        except Exception:
+            log.exception("failing the job failed too", delay_s=self._backoff_s)
+            await asyncio.sleep(self._backoff_s)
+            await message.nack(requeue=True)
+            return "requeued"
+        await message.ack()
+        return "failed"

@@ -25,6 +25,8 @@ log = get_logger(__name__)
 
 RETRIES_EXHAUSTED = "retries_exhausted"
 INVALID_MESSAGE = "invalid_message"
+INVALID_RESULT = "invalid_result"
+INTERNAL_FAILURE = "internal"
 
 
 class Disposition(StrEnum):
@@ -41,12 +43,15 @@ class MessageHandler:
         """Apply a ``ResultMessage``; malformed ones are logged and dropped."""
         try:
             message = parse_result(body)
-            stored = _stored_result(message) if message.status == "succeeded" else None
-        except (CallerError, IntegrityError) as exc:
+        except CallerError as exc:
             log.warning(
                 "result message dropped", reason=INVALID_MESSAGE, error=str(exc)
             )
             return Disposition.MALFORMED
+        try:
+            stored = _stored_result(message) if message.status == "succeeded" else None
+        except (CallerError, IntegrityError) as exc:
+            return await self._invalid_success(message, exc)
         model = message.model.name if message.model else "unknown"
         if await self.store.ensure(message.tenant, message.job_id, model):
             log.info("job first heard of from a result", job_id=message.job_id)
@@ -74,6 +79,45 @@ class MessageHandler:
             message.message or "The enclave reported a failure without a message.",
             message.at,
         )
+
+    async def _invalid_success(
+        self, message: ResultMessage, error: ObscuraError
+    ) -> Disposition:
+        """A ``succeeded`` result that fails its checks fails the job, so it
+        cannot stay ``running`` with nothing left to move it."""
+        log.warning(
+            "succeeded result refused",
+            job_id=message.job_id,
+            reason=INVALID_RESULT,
+            error=str(error),
+        )
+        if not valid_job_id(message.job_id):
+            return Disposition.MALFORMED
+        moved = await self.store.mark_failed(
+            message.tenant,
+            message.job_id,
+            INVALID_RESULT,
+            "The enclave's result failed the results service's checks; resubmit"
+            " the image.",
+            now(),
+        )
+        return Disposition.APPLIED if moved else Disposition.MALFORMED
+
+    async def on_unhandled(self, body: bytes) -> Disposition:
+        """A message whose handler raised twice: fail the job it names, if any,
+        rather than drop it and leave the job in flight for ever."""
+        named = _named_job(body)
+        if named is None:
+            return Disposition.MALFORMED
+        tenant, job_id = named
+        moved = await self.store.mark_failed(
+            tenant,
+            job_id,
+            INTERNAL_FAILURE,
+            "The results service could not apply the job's result; resubmit the image.",
+            now(),
+        )
+        return Disposition.APPLIED if moved else Disposition.NO_CHANGE
 
     async def on_dead_letter(self, body: bytes) -> Disposition:
         """A job message nobody could finish: its job fails unless already done."""

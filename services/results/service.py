@@ -21,7 +21,7 @@ from services.results.decrypt import open_key_service
 from services.results.handlers import MessageHandler
 from services.results.settings import ResultsSettings
 from services.results.store import JobStore
-from shared.logging import get_logger
+from shared.logging import enable_loop_debug_from_env, get_logger
 
 log = get_logger(__name__)
 
@@ -55,6 +55,7 @@ async def running(settings: ResultsSettings) -> AsyncIterator[Components]:
 
 
 async def serve(settings: ResultsSettings) -> None:
+    enable_loop_debug_from_env()
     async with running(settings) as components:
         config = uvicorn.Config(
             create_app(components),

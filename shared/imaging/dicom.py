@@ -27,6 +27,7 @@ import numpy.typing as npt
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
     JPEG2000,
@@ -44,6 +45,7 @@ from pydicom.uid import (
 
 from shared.errors import UnsupportedImageError
 from shared.imaging.decode import MAX_PIXELS, DecodedImage
+from shared.imaging.deflate import read_deflated
 from shared.imaging.sniff import HEAD_BYTES, ImageKind, describe, sniff
 
 NATIVE_SYNTAXES = frozenset(
@@ -60,6 +62,7 @@ ENCAPSULATED_SYNTAXES = frozenset(
         JPEG2000,
     }
 )
+JPEG_SYNTAXES = ENCAPSULATED_SYNTAXES - {RLELossless}
 TRANSFER_SYNTAXES = NATIVE_SYNTAXES | ENCAPSULATED_SYNTAXES
 ACCEPTED_MODALITIES = frozenset({"MG"})
 
@@ -67,6 +70,7 @@ _PIXEL_DATA = 0x7FE00010
 _FLOAT_PIXEL_DATA = (0x7FE00008, 0x7FE00009)
 _DEFER_BYTES = 1024  # leave values longer than this unread at inspection
 _FULL_SCALE = 65535.0
+_END_OF_CODESTREAM = b"\xff\xd9"
 
 
 @dataclass(frozen=True)
@@ -131,16 +135,11 @@ def _read(stream: BinaryIO, *, defer: bool) -> tuple[Dataset, int]:
         )
     try:
         with _pydicom_warnings_silenced():
-            dataset = dcmread(
-                stream,
-                force=kind is ImageKind.DICOM_DATASET,
-                defer_size=_DEFER_BYTES if defer else None,
+            force = kind is ImageKind.DICOM_DATASET
+            # Deflated datasets are inflated with a bound, never by pydicom.
+            dataset = read_deflated(stream, force=force) or dcmread(
+                stream, force=force, defer_size=_DEFER_BYTES if defer else None
             )
-            syntax = _transfer_syntax(dataset)
-            if defer and syntax == DeflatedExplicitVRLittleEndian:
-                # Deferred offsets point into the inflated copy; read it whole.
-                stream.seek(start)
-                dataset = dcmread(stream, force=kind is ImageKind.DICOM_DATASET)
             present = _pixel_bytes_present(dataset, end)
     except UnsupportedImageError:
         raise
@@ -306,6 +305,8 @@ def _integer(dataset: Dataset, keyword: str, *, default: int | None = None) -> i
 
 
 def _pixel_array(dataset: Dataset, info: DicomInfo) -> np.ndarray:
+    if UID(info.transfer_syntax_uid) in JPEG_SYNTAXES:
+        _check_codestream_end(dataset)
     if UID(info.transfer_syntax_uid) in ENCAPSULATED_SYNTAXES:
         # pylibjpeg covers every accepted compressed syntax; pinning it keeps
         # results independent of which other plugins happen to be installed.
@@ -324,6 +325,28 @@ def _pixel_array(dataset: Dataset, info: DicomInfo) -> np.ndarray:
             f"{(info.rows, info.columns)}; send a consistent image object"
         )
     return array
+
+
+def _check_codestream_end(dataset: Dataset) -> None:
+    """Refuse a JPEG family frame that stops before its end marker.
+
+    The decoders return whatever rows they reached from a cut codestream without
+    an error, so a truncated fragment would reach the model as a partial image.
+    JPEG, JPEG-LS and JPEG 2000 codestreams all end with 0xFFD9 (EOI or EOC);
+    fragments are padded to even length with zero bytes (PS3.5 A.4).
+    """
+    try:
+        frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
+    except (ValueError, StopIteration, TypeError) as exc:
+        raise UnsupportedImageError(
+            f"DICOM encapsulated pixel data has no readable frame "
+            f"({type(exc).__name__}); send a complete image object"
+        ) from exc
+    if not frame.rstrip(b"\x00").endswith(_END_OF_CODESTREAM):
+        raise UnsupportedImageError(
+            "DICOM compressed frame does not end with its end-of-image marker;"
+            " the codestream is truncated, send the file again"
+        )
 
 
 def _stored_values(array: np.ndarray, info: DicomInfo) -> npt.NDArray[np.int32]:

@@ -1,0 +1,196 @@
+"""Memory and event-loop behaviour of the mesh's processes under load.
+
+Runs in this order on one mesh whose services are in asyncio debug mode:
+many inferences (the worker's RSS stays flat after warm-up), five concurrent
+large DICOM uploads (gateway and encryptor grow by less than 64 MiB each, and
+every sealed object opens to the uploaded bytes), then a scan of every service
+log for callbacks that held an event loop longer than 0.1 s.
+Set ``OBSCURA_SOAK=1`` for the full sizes (300 inferences, 5 x 200 MB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.imaging_factories import mammogram, png_bytes
+from tests.integration.mesh.conftest import Mesh
+from tests.integration.resources.conftest import (
+    MIB,
+    RssSampler,
+    service_pid,
+    status_kib,
+    unsealed_sha256,
+)
+from tests.loopdebug import (
+    SERVICES,
+    SLOW_CALLBACK_S,
+    process_has_loop_debug,
+    slow_callbacks_in_logs,
+)
+
+SOAK = bool(os.environ.get("OBSCURA_SOAK"))
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900 if SOAK else 240)]
+
+TENANT = "st-marys"
+SCOPES = ("jobs:submit", "jobs:read")
+UPLOADS = 5
+UPLOAD_SIDE = 10_000 if SOAK else 4_480  # uint16: ~200 MB or ~40 MB per file
+UPLOAD_GROWTH_BOUND_MIB = 64
+INFERENCES = 300 if SOAK else 30
+WARM_UP = 10 if SOAK else 6
+WORKER_GROWTH_BOUND_MIB = 32
+
+
+def report(text: str) -> None:
+    print(text, file=sys.__stderr__)
+
+
+def http(mesh: Mesh, token: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=mesh.gateway,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=httpx.Timeout(300, connect=10),
+    )
+
+
+async def wait_done(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = (await client.get(f"/v1/jobs/{job_id}")).json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish in 180 s")
+
+
+def varied_image(index: int) -> bytes:
+    """A 16-bit PNG whose size cycles from thumbnail to CC size in soak runs."""
+    sides: tuple[tuple[int, int], ...] = (
+        ((2677, 1942), (2974, 1748), (1200, 900)) if SOAK else ()
+    )
+    sides += ((256, 200), (640, 480), (900, 700), (420, 1000), (1100, 800))
+    height, width = sides[index % len(sides)]
+    rng = np.random.default_rng(index)
+    pixels = rng.integers(0, 4096, size=(height, width), dtype=np.uint16)
+    return png_bytes(pixels)
+
+
+async def infer(client: httpx.AsyncClient, index: int) -> dict[str, Any]:
+    view = ("L-CC", "R-CC", "L-MLO", "R-MLO")[index % 4]
+    files = {"file": ("image.png", varied_image(index), "image/png")}
+    answer = await client.post("/v1/jobs", data={"view": view}, files=files)
+    assert answer.status_code == 202, answer.text
+    return await wait_done(client, answer.json()["job_id"])
+
+
+async def infer_all(mesh: Mesh, token: str, indices: range) -> None:
+    async with http(mesh, token) as client:
+        for start in range(indices.start, indices.stop, 2):
+            batch = range(start, min(start + 2, indices.stop))
+            done = await asyncio.gather(*(infer(client, i) for i in batch))
+            for job in done:
+                assert job["status"] == "succeeded", job
+
+
+def test_worker_memory_stays_flat_over_many_inferences(mesh: Mesh) -> None:
+    pid = service_pid(mesh, "enclave-worker")
+    token = mesh.token(TENANT, *SCOPES)
+    asyncio.run(infer_all(mesh, token, range(WARM_UP)))
+    warm = status_kib(pid, "VmRSS")
+    started = time.monotonic()
+    asyncio.run(infer_all(mesh, token, range(WARM_UP, INFERENCES)))
+    end = status_kib(pid, "VmRSS")
+    growth = (end - warm) / 1024
+    report(
+        f"\n[resources] worker RSS over {INFERENCES} inferences: after warm-up"
+        f" ({WARM_UP}) {warm / 1024:.1f} MiB, at end {end / 1024:.1f} MiB, growth"
+        f" {growth:+.1f} MiB (bound {WORKER_GROWTH_BOUND_MIB} MiB),"
+        f" {time.monotonic() - started:.0f} s"
+    )
+    assert service_pid(mesh, "enclave-worker") == pid, "the worker restarted"
+    assert growth < WORKER_GROWTH_BOUND_MIB
+
+
+@pytest.fixture(scope="module")
+def big_dicom(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One uncompressed MG file on disk, and its SHA-256."""
+    side = UPLOAD_SIDE
+    pixels = (np.arange(side * side, dtype=np.uint32) * 2654435761 >> 20).astype(
+        np.uint16
+    )
+    dataset = mammogram(pixels.reshape(side, side))
+    del pixels
+    path = tmp_path_factory.mktemp("big-dicom") / "big.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    del dataset
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(8 * MIB):
+            digest.update(block)
+    return path, digest.hexdigest()
+
+
+async def upload(client: httpx.AsyncClient, path: Path) -> str:
+    with path.open("rb") as handle:
+        files = {"file": ("big.dcm", handle, "application/dicom")}
+        answer = await client.post("/v1/jobs", files=files)
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["job_id"])
+
+
+async def upload_all(mesh: Mesh, token: str, path: Path) -> list[str]:
+    async with http(mesh, token) as client:
+        return list(
+            await asyncio.gather(*(upload(client, path) for _ in range(UPLOADS)))
+        )
+
+
+def test_concurrent_large_uploads_keep_gateway_and_encryptor_memory_bounded(
+    mesh: Mesh, big_dicom: tuple[Path, str]
+) -> None:
+    path, expected = big_dicom
+    size = path.stat().st_size
+    pids = {name: service_pid(mesh, name) for name in ("gateway", "encryptor")}
+    sampler = RssSampler(pids)
+    token = mesh.token(TENANT, *SCOPES)
+    started = time.monotonic()
+    with sampler.running():
+        job_ids = asyncio.run(upload_all(mesh, token, path))
+    elapsed = time.monotonic() - started
+    report(
+        f"\n[resources] {UPLOADS} concurrent uploads of {size / MIB:.0f} MiB in"
+        f" {elapsed:.1f} s (VmHWM reset: {sampler.hwm_reset})"
+    )
+    for name in pids:
+        report(
+            f"[resources] {name}: baseline {sampler.baseline[name] / 1024:.1f} MiB,"
+            f" peak {sampler.peak[name] / 1024:.1f} MiB, growth"
+            f" {sampler.growth_mib(name):+.1f} MiB (bound {UPLOAD_GROWTH_BOUND_MIB})"
+        )
+    for job_id in job_ids:
+        digest, opened = asyncio.run(unsealed_sha256(mesh, TENANT, job_id))
+        assert (digest, opened) == (expected, size), job_id
+    for name in pids:
+        assert sampler.growth_mib(name) < UPLOAD_GROWTH_BOUND_MIB, name
+
+
+def test_no_service_blocked_its_event_loop(mesh: Mesh) -> None:
+    for name in SERVICES:
+        assert process_has_loop_debug(service_pid(mesh, name)), name
+    found = slow_callbacks_in_logs(mesh.run_dir)
+    stand_ins = slow_callbacks_in_logs(mesh.run_dir, ("kms-gate", "devmesh"))
+    for name, lines in (found | stand_ins).items():
+        report(f"[resources] {name}: {len(lines)} callbacks over {SLOW_CALLBACK_S} s")
+        for line in lines[:5]:
+            report(f"    {line}")
+    assert found == {name: [] for name in SERVICES}

@@ -1,0 +1,132 @@
+"""Event-loop blocking checks: asyncio debug mode with a slow-callback threshold.
+
+Two ways in. For a mesh, ``debug_environment()`` puts
+``OBSCURA_LOOP_SLOW_CALLBACK_S`` in the environment the services inherit; each
+entry point calls ``shared.logging.enable_loop_debug_from_env``, which turns on
+debug mode for that service's loop, and ``slow_callbacks_in_logs`` finds the
+lines asyncio wrote to their log files. For in-process tests, the ``loop_watch``
+fixture puts the test's own loop in debug mode and fails the test if any
+callback held it longer than the threshold.
+
+Not ``PYTHONASYNCIODEBUG=1``: aiohttp reads it too and then parses responses
+strictly, refusing the duplicate ``Server`` header moto's S3 server sends, so
+no aiobotocore call to the stand-in would succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.logging import LOOP_DEBUG_ENV
+
+SLOW_CALLBACK_S = 0.1
+SERVICES = ("gateway", "encryptor", "results", "enclave-proxy", "enclave-worker")
+
+# asyncio's own wording, in base_events.BaseEventLoop._run_once.
+SLOW_LINE = re.compile(r"Executing (?P<what>.+?) took (?P<seconds>\d+\.\d+) seconds")
+
+
+def service_environment(threshold_s: float = SLOW_CALLBACK_S) -> dict[str, str]:
+    return {LOOP_DEBUG_ENV: str(threshold_s)}
+
+
+@contextlib.contextmanager
+def debug_environment(threshold_s: float = SLOW_CALLBACK_S) -> Iterator[None]:
+    """Set the variables only while processes are spawned, then restore them.
+
+    Only the processes spawned inside the block need them; left set, they would
+    leak into every later mesh this test session starts.
+    """
+    wanted = service_environment(threshold_s)
+    saved = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def slow_callbacks(text: str) -> list[str]:
+    """The slow-callback lines in one log's text, at most 300 characters each."""
+    return [line[:300] for line in text.splitlines() if SLOW_LINE.search(line)]
+
+
+def slow_callbacks_in_logs(
+    run_dir: Path, names: tuple[str, ...] = SERVICES
+) -> dict[str, list[str]]:
+    """Slow-callback lines per service log in a mesh's run folder."""
+    found: dict[str, list[str]] = {}
+    for name in names:
+        path = run_dir / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        found[name] = slow_callbacks(text)
+    return found
+
+
+def process_has_loop_debug(pid: int) -> bool:
+    """True when the process was started with the loop-debug variables."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return all(
+        f"{name}={value}".encode() in environ
+        for name, value in service_environment().items()
+    )
+
+
+class SlowCallbackWatch(logging.Handler):
+    """Collects asyncio's slow-callback records from the ``asyncio`` logger."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if SLOW_LINE.search(message):
+            self.lines.append(message[:300])
+
+
+@contextlib.contextmanager
+def watching(
+    loop: asyncio.AbstractEventLoop, threshold_s: float = SLOW_CALLBACK_S
+) -> Iterator[SlowCallbackWatch]:
+    """Debug mode and the threshold on ``loop`` for the block, then restored."""
+    logger = logging.getLogger("asyncio")
+    watch = SlowCallbackWatch()
+    saved = (loop.get_debug(), loop.slow_callback_duration, logger.level)
+    loop.set_debug(True)
+    loop.slow_callback_duration = threshold_s
+    if logger.getEffectiveLevel() > logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    logger.addHandler(watch)
+    try:
+        yield watch
+    finally:
+        logger.removeHandler(watch)
+        loop.set_debug(saved[0])
+        loop.slow_callback_duration = saved[1]
+        logger.setLevel(saved[2])
+
+
+@pytest.fixture
+async def loop_watch() -> AsyncIterator[SlowCallbackWatch]:
+    """Fail the test if any callback on its loop ran longer than 0.1 s."""
+    with watching(asyncio.get_running_loop()) as watch:
+        yield watch
+    if watch.lines:
+        pytest.fail(
+            f"{len(watch.lines)} callbacks blocked the event loop for more than"
+            f" {SLOW_CALLBACK_S} s: {watch.lines[:3]}",
+            pytrace=False,
+        )
