@@ -73,12 +73,27 @@ async def _post(client: httpx.AsyncClient, data: bytes, view: str) -> str:
     return str(answer.json()["job_id"])
 
 
-async def _until_done(client: httpx.AsyncClient, job_id: str) -> str:
+async def _until_done(
+    client: httpx.AsyncClient, job_id: str, poll_s: float = 0.05
+) -> str:
     while True:
         status = (await client.get(f"/v1/jobs/{job_id}")).json()["status"]
         if status in ("succeeded", "failed"):
             return str(status)
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(poll_s)
+
+
+async def _all_done(client: httpx.AsyncClient, ids: list[str]) -> list[str]:
+    """One list call per poll: polling each job would itself load the cores."""
+    pending, outcomes = set(ids), {}
+    while pending:
+        await asyncio.sleep(0.25)
+        page = (await client.get("/v1/jobs", params={"limit": 200})).json()
+        for job in page["items"]:
+            if job["job_id"] in pending and job["status"] in ("succeeded", "failed"):
+                outcomes[job["job_id"]] = job["status"]
+                pending.discard(job["job_id"])
+    return [outcomes[i] for i in ids]
 
 
 async def _one(client: httpx.AsyncClient, data: bytes, view: str) -> float:
@@ -102,7 +117,7 @@ async def mesh_figures(
         ids = await asyncio.gather(
             *(_post(client, *images[i % len(images)]) for i in range(jobs))
         )
-        outcomes = await asyncio.gather(*(_until_done(client, i) for i in ids))
+        outcomes = await _all_done(client, list(ids))
         elapsed = time.perf_counter() - started
         if any(outcome != "succeeded" for outcome in outcomes):
             raise click.ClickException("a job failed during the saturation run")

@@ -57,6 +57,10 @@ class FaultyLink:
     ) -> None:
         await self.stop()
 
+    @property
+    def is_cut(self) -> bool:
+        return self._refusing
+
     def cut(self) -> None:
         """Reset every open connection and refuse new ones until ``restore``."""
         self._refusing = True

@@ -219,3 +219,45 @@ async def test_encryptor_seal_without_internal_token_is_401(
     assert answer.status_code == 401
     assert answer.json()["error"] == "unauthorized"
     assert await _stored_keys(moto_server, bucket) == []
+
+
+async def test_encryptor_broker_cut_during_upload_answers_503_and_leaves_nothing(
+    encryptor_settings: SettingsFactory, moto_server: MotoServer, bucket: str
+) -> None:
+    from tests.faults import FaultyLink
+
+    async with FaultyLink("127.0.0.1", 5672) as link:
+        settings = encryptor_settings(
+            amqp_url=f"amqp://guest:guest@127.0.0.1:{link.port}/"
+        )
+        async with encryptor_app(settings) as app, _client(app) as client:
+            warm = await client.post(
+                "/internal/v1/seal",
+                params=_query(),
+                headers=HEADERS,
+                content=_pieces(_image(MIB)),
+            )
+            assert warm.status_code == 201, warm.text
+            assert link.accepted == 1
+
+            async def upload_then_cut() -> AsyncIterator[bytes]:
+                async for piece in _pieces(_image(6 * MIB)):
+                    yield piece
+                    if not link.is_cut:
+                        link.cut()  # the broker goes away mid-upload
+
+            job_id = "0d7b1a52-4e0f-4a3c-8a51-3c2e9f6d1b77"
+            started = time.monotonic()
+            answer = await client.post(
+                "/internal/v1/seal",
+                params=_query(job_id),
+                headers=HEADERS,
+                content=upload_then_cut(),
+            )
+            elapsed = time.monotonic() - started
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"] == "broker_unavailable"
+    assert elapsed < 15
+    keys = await _stored_keys(moto_server, bucket)
+    assert not [key for key in keys if job_id in key]
+    assert [key for key in keys if JOB_ID in key]  # the warm-up job's object stays
