@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -41,6 +42,9 @@ INVALID_MESSAGE = "invalid_message"
 DELIVERY_COUNT_HEADER = "x-delivery-count"
 # A job that ended in one of these has its result confirmed by the broker.
 FINAL_OUTCOMES = frozenset({"succeeded", "failed"})
+# How many finished job ids a proxy remembers, to ack late redeliveries of them
+# (a lost ack comes back within seconds; other proxies rely on results' idempotency).
+FINISHED_MEMORY = 4096
 # Settling a delivery whose channel is gone raises one of these; the broker
 # redelivers such a message by itself, so the loop only logs them.
 SETTLE_ERRORS = (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError)
@@ -151,6 +155,7 @@ class JobHandler:
         self._job_timeout_s = job_timeout_s
         self._retry = retry
         self._running: dict[str, asyncio.Future[str]] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
 
     async def handle(self, delivery: Delivery) -> str:
         """The outcome: one of ``metrics.OUTCOMES``."""
@@ -189,15 +194,18 @@ class JobHandler:
         """Run the job once, even when the broker hands it over again meanwhile.
 
         A delivery whose channel closed (a dropped connection, the broker's
-        consumer timeout) comes back while its first copy still runs here. The
-        copy waits for the first; if that one published a final result, only
-        its ack was lost, so the copy is acked without running the job again.
+        consumer timeout) comes back while its first copy still runs here, or
+        just after. The copy waits for the first; if that one published a final
+        result, only its ack was lost, so the copy is acked without running the
+        job again.
         """
         while (earlier := self._running.get(job.job_id)) is not None:
             log.info("job_already_running", delivery_count=_delivery_count(delivery))
-            if await asyncio.shield(earlier) in FINAL_OUTCOMES:
-                await settle(delivery.ack(), "ack")
-                return "duplicate"
+            await asyncio.shield(earlier)
+        if job.job_id in self._finished:
+            log.info("job_already_finished", delivery_count=_delivery_count(delivery))
+            await settle(delivery.ack(), "ack")
+            return "duplicate"
         finished: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._running[job.job_id] = finished
         outcome = "abandoned"
@@ -206,7 +214,15 @@ class JobHandler:
         finally:
             del self._running[job.job_id]
             finished.set_result(outcome)
+            if outcome in FINAL_OUTCOMES:
+                self._remember(job.job_id)
         return outcome
+
+    def _remember(self, job_id: str) -> None:
+        """Keep the last ``FINISHED_MEMORY`` job ids whose result is confirmed."""
+        self._finished[job_id] = None
+        while len(self._finished) > FINISHED_MEMORY:
+            self._finished.popitem(last=False)
 
     async def _process_once(self, delivery: Delivery, job: JobMessage) -> str:
         try:

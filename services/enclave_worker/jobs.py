@@ -118,6 +118,18 @@ def _choose_view(request: JobRequest, decoded: DecodedImage) -> str:
     return view
 
 
+def decode_and_wipe(plaintext: bytearray) -> DecodedImage:
+    """Decode the image, then zero its plaintext; both walk the whole buffer.
+
+    Meant for an executor thread: on the event loop, copying and zeroing a large
+    image held every other job's stream for a tenth of a second or more.
+    """
+    try:
+        return decode_image(bytes(plaintext))
+    finally:
+        plaintext[:] = bytes(len(plaintext))
+
+
 def prediction_document(
     request: JobRequest,
     model: UnlockedModel,
@@ -212,10 +224,8 @@ async def _run(
             plaintext += piece
     watch.lap("unseal")
     loop = asyncio.get_running_loop()
-    try:
-        decoded = await loop.run_in_executor(None, decode_image, bytes(plaintext))
-    finally:
-        plaintext[:] = bytes(len(plaintext))
+    decoded = await loop.run_in_executor(None, decode_and_wipe, plaintext)
+    del plaintext
     watch.lap("decode")
     view = _choose_view(request, decoded)
     scores, stages = await loop.run_in_executor(
@@ -225,7 +235,10 @@ async def _run(
     watch.stages["preprocess"] = stages.preprocess
     watch.stages["forward"] = stages.forward
     del watch.stages["infer"]
-    document = prediction_document(request, model, view, scores, decoded)
+    # Off the loop: it hashes every decoded pixel.
+    document = await loop.run_in_executor(
+        None, prediction_document, request, model, view, scores, decoded
+    )
     del decoded
     sealed = bytes(
         await seal_bytes(

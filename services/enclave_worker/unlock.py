@@ -75,6 +75,18 @@ async def unseal_model(
     return manifest, plaintext
 
 
+def _load_and_wipe(spec: ModelSpec, plaintext: bytearray) -> Engine:
+    """Build the engine, then zero the weights' plaintext, in a worker thread.
+
+    Copying and zeroing tens of megabytes on the event loop held it for over
+    a tenth of a second while the worker was already answering status calls.
+    """
+    try:
+        return Engine(spec, bytes(plaintext))
+    finally:
+        plaintext[:] = bytes(len(plaintext))
+
+
 async def unlock_model(
     bundle: Path, keys: KeyService, recipient: Recipient
 ) -> UnlockedModel:
@@ -86,10 +98,8 @@ async def unlock_model(
         input_spec=manifest.input_spec,
         labels=tuple(manifest.labels),
     )
-    try:
-        engine = await asyncio.to_thread(Engine, spec, bytes(plaintext))
-    finally:
-        plaintext[:] = bytes(len(plaintext))
+    engine = await asyncio.to_thread(_load_and_wipe, spec, plaintext)
+    del plaintext
     loaded = time.perf_counter()
     log.info(
         "model unlocked",

@@ -134,7 +134,12 @@ class Sealer:
         request: SealRequest,
         meter: BodyMeter,
     ) -> tuple[int, str]:
-        """Fill one part buffer from the sealed stream and send it once full."""
+        """Fill one part buffer from the sealed stream and send it once full.
+
+        The buffer is reused for every part: a fresh one per part would leave
+        freed part-sized blocks to the allocator, which kept concurrent uploads
+        at well above one buffer each.
+        """
         sealed = seal(
             meter,
             self._keys,
@@ -156,7 +161,7 @@ class Sealer:
                 view = view[take:]
                 if part.tell() == part_size:
                     parts.append(await self._part(key, upload_id, parts, part))
-                    part = io.BytesIO()
+                    part.seek(0)
         if part.tell() or not parts:
             parts.append(await self._part(key, upload_id, parts, part))
         await self._store.complete(key, upload_id, parts)
@@ -166,7 +171,9 @@ class Sealer:
         self, key: str, upload_id: str, parts: list[Part], body: io.BytesIO
     ) -> Part:
         # A file object, not bytes: the HTTP client streams it instead of
-        # writing one large buffer in a single call.
+        # writing one large buffer in a single call. The buffer may still hold
+        # a longer previous part past the current position.
+        body.truncate()
         body.seek(0)
         return await self._store.upload_part(key, upload_id, len(parts) + 1, body)
 

@@ -15,8 +15,8 @@ RABBITMQCTL_TIMEOUT_S = 30
 
 
 def _ctl(*args: str) -> str:
-    done = subprocess.run(  # noqa: S603 - fixed tool, arguments from the test
-        ["rabbitmqctl", "-q", *args],  # noqa: S607
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args],
         capture_output=True,
         text=True,
         timeout=RABBITMQCTL_TIMEOUT_S,
@@ -26,52 +26,51 @@ def _ctl(*args: str) -> str:
 
 
 def connections_named(fragment: str) -> list[str]:
-    """Broker-side names of the connections whose client name holds ``fragment``."""
-    names = []
-    for line in _ctl("list_connections", "name", "client_properties").splitlines():
-        name, _, properties = line.partition("\t")
+    """Broker pids of the connections whose client name holds ``fragment``;
+    ``close_connection`` takes the pid, not the connection's display name."""
+    pids = []
+    for line in _ctl("list_connections", "pid", "client_properties").splitlines():
+        pid, _, properties = line.partition("\t")
         if fragment in properties and "connection_name" in properties:
-            names.append(name)
-    return names
+            pids.append(pid)
+    return pids
 
 
 def close_connections(fragment: str) -> int:
     """Close, from the broker, every connection whose client name holds it."""
-    names = connections_named(fragment)
-    for name in names:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            _ctl("close_connection", name, "fault test")
-    return len(names)
+    pids = connections_named(fragment)
+    for pid in pids:
+        _ctl("close_connection", pid, "fault test")
+    return len(pids)
 
 
 async def close_connections_async(fragment: str) -> int:
     return await asyncio.to_thread(close_connections, fragment)
 
 
-def _consumer_timeout(value: str) -> str:
-    return _ctl("eval", f"application:set_env(rabbit, consumer_timeout, {value}).")
-
-
-def _current_consumer_timeout() -> str:
-    answer = _ctl("eval", "application:get_env(rabbit, consumer_timeout).").strip()
+def _get_env(key: str) -> str:
+    answer = _ctl("eval", f"application:get_env(rabbit, {key}).").strip()
     # {ok,1800000} or undefined
-    if answer.startswith("{ok,"):
-        return answer[4:-1]
-    return "undefined"
+    return answer[4:-1] if answer.startswith("{ok,") else "undefined"
+
+
+def _set_env(key: str, value: str) -> None:
+    if value == "undefined":
+        _ctl("eval", f"application:unset_env(rabbit, {key}).")
+    else:
+        _ctl("eval", f"application:set_env(rabbit, {key}, {value}).")
 
 
 @contextlib.asynccontextmanager
 async def short_consumer_timeout(milliseconds: int) -> AsyncIterator[None]:
-    """The broker's global consumer timeout, lowered only while the block opens
-    channels; RabbitMQ reads it when a channel opens, so the window is short."""
-    previous = await asyncio.to_thread(_current_consumer_timeout)
+    """The broker's global consumer timeout (and the channel tick that checks it)
+    lowered for the block only; always restored, since other tests share it."""
+    keys = {"consumer_timeout": str(milliseconds), "channel_tick_interval": "500"}
+    previous = {key: await asyncio.to_thread(_get_env, key) for key in keys}
     try:
-        await asyncio.to_thread(_consumer_timeout, str(milliseconds))
+        for key, value in keys.items():
+            await asyncio.to_thread(_set_env, key, value)
         yield
     finally:
-        if previous == "undefined":
-            await asyncio.to_thread(
-                _ctl, "eval", "application:unset_env(rabbit, consumer_timeout)."
-            )
-        else:
-            await asyncio.to_thread(_consumer_timeout, previous)
+        for key, value in previous.items():
+            await asyncio.to_thread(_set_env, key, value)

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 
 def _count(proxy: ProxyService, outcome: str) -> float:
-    value: float = proxy.metrics.jobs.labels(outcome=outcome)._value.get()  # type: ignore[attr-defined]
+    value: float = proxy.metrics.jobs.labels(outcome=outcome)._value.get()
     return value
 
 
@@ -52,7 +52,7 @@ async def _drain_results(broker: Broker, settle_s: float = 1.5) -> list[str]:
 async def test_faults_proxy_broker_closes_connection_job_runs_once(
     broker: Broker, bucket: Bucket, fake_worker: FakeWorker, proxy_factory: ProxyFactory
 ) -> None:
-    fake_worker.job_delay_s = 1.5
+    fake_worker.job_delay_s = 6.0
     proxy = await proxy_factory(fake_worker)
     await wait_until(lambda: proxy.readiness().ready)
     body = os.urandom(2048)
@@ -83,21 +83,25 @@ async def test_faults_proxy_job_outliving_consumer_timeout_completes_once(
     broker: Broker, bucket: Bucket, fake_worker: FakeWorker, proxy_factory: ProxyFactory
 ) -> None:
     fake_worker.job_delay_s = 8.0
-    async with short_consumer_timeout(2000):
-        proxy = await proxy_factory(fake_worker, job_timeout_s=30)
-    await wait_until(lambda: proxy.readiness().ready)
     body = os.urandom(2048)
     job = job_for(body, "jobs/consumer-timeout.sealed")
     await bucket.put(job.object_key, body)
     seen: list[str | None] = []
-    watching = asyncio.create_task(_readiness_reasons(proxy, seen))
-    try:
+    async with short_consumer_timeout(2000):
+        proxy = await proxy_factory(fake_worker, job_timeout_s=30)
+        await wait_until(lambda: proxy.readiness().ready)
+        watching = asyncio.create_task(_readiness_reasons(proxy, seen))
         await broker.publish_job(job.model_dump_json().encode(), job.job_id)
-        await wait_until(lambda: bool(fake_worker.jobs))
+        # The broker closes the channel once the delivery is older than the
+        # timeout; the setting goes back as soon as it has.
+        await wait_until(lambda: "channel_closed" in seen, timeout_s=20)
+    try:
         await wait_until(
             lambda: _count(proxy, "succeeded") + _count(proxy, "duplicate") >= 2,
-            timeout_s=70,
+            timeout_s=30,
         )
+        # Until every copy is settled: a late one would show as a second run.
+        await asyncio.sleep(3)
     finally:
         watching.cancel()
     statuses = await _drain_results(broker)
@@ -105,5 +109,8 @@ async def test_faults_proxy_job_outliving_consumer_timeout_completes_once(
 
     assert len(fake_worker.jobs) == 1
     assert statuses.count("succeeded") == 1, statuses
-    assert _count(proxy, "duplicate") == 1
+    # The reopened channel may also have been given the short timeout, so the
+    # copy can come back more than once; each is acked without a second run.
+    assert _count(proxy, "duplicate") >= 1
+    assert seen[-1] is None
     assert await broker.jobs_waiting() == 0

@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from tests.imaging_factories import mammogram, png_bytes
 from tests.integration.mesh.conftest import Mesh
@@ -131,6 +133,10 @@ def big_dicom(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     dataset = mammogram(pixels.reshape(side, side))
     del pixels
     path = tmp_path_factory.mktemp("big-dicom") / "big.dcm"
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
     dataset.save_as(path, enforce_file_format=True)
     del dataset
     digest = hashlib.sha256()
