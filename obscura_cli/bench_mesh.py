@@ -104,8 +104,25 @@ async def _one(client: httpx.AsyncClient, data: bytes, view: str) -> float:
     return time.perf_counter() - started
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User plus system CPU time of each process so far, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
 async def mesh_figures(
-    gateway: str, token: str, images: list[tuple[bytes, str]], jobs: int
+    gateway: str,
+    token: str,
+    images: list[tuple[bytes, str]],
+    jobs: int,
+    pids: dict[str, int],
 ) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {token}"}
     limits = httpx.Limits(max_connections=64)
@@ -113,12 +130,15 @@ async def mesh_figures(
         base_url=gateway, headers=headers, timeout=300, limits=limits
     ) as client:
         await _one(client, *images[0])  # warm-up: first KMS calls, caches
+        before = cpu_seconds(pids)
         started = time.perf_counter()
         ids = await asyncio.gather(
             *(_post(client, *images[i % len(images)]) for i in range(jobs))
         )
         outcomes = await _all_done(client, list(ids))
         elapsed = time.perf_counter() - started
+        after = cpu_seconds(pids)
+        cpu = {n: (after[n] - before.get(n, 0.0)) / jobs for n in after}
         if any(outcome != "succeeded" for outcome in outcomes):
             raise click.ClickException("a job failed during the saturation run")
         latencies: dict[int, list[float]] = {}
@@ -133,7 +153,11 @@ async def mesh_figures(
 
             runs = await asyncio.gather(*(loop(w) for w in range(concurrency)))
             latencies[concurrency] = [value for run in runs for value in run]
-    return {"mesh_jobs_per_s": jobs / elapsed, "latencies": latencies}
+    return {
+        "mesh_jobs_per_s": jobs / elapsed,
+        "latencies": latencies,
+        "cpu_s_per_job": cpu,
+    }
 
 
 class _LocalKeys:
@@ -206,8 +230,8 @@ def run_mesh_bench(
     configure_logging("bench", level="WARNING", json=False)
     pairs = [(data, view) for _, data, view in images]
     click.echo(f"images: {', '.join(name for name, _, _ in images)}; threads {threads}")
-    bare = bare_throughput(pairs, repeat=max(1, jobs // len(pairs)), threads=threads)
-    click.echo(f"bare pipeline (decode, preprocess, forward): {bare:.3f} jobs/s")
+    repeat = max(1, jobs // len(pairs))
+    bare_before = bare_throughput(pairs, repeat=repeat, threads=threads)
     with tempfile.TemporaryDirectory(prefix="obscura-bench-mesh-") as tmp:
         state = Path(tmp)
         suffix = uuid.uuid4().hex[:8]
@@ -219,10 +243,26 @@ def run_mesh_bench(
         mesh = up(state, free_ports=True, timeout_s=300, extra_args=extra)
         try:
             token = Path(mesh["token_file"]).read_text().strip()
-            figures = asyncio.run(mesh_figures(mesh["gateway_url"], token, pairs, jobs))
+            state_file = state / "run" / "state.json"
+            pids = {
+                s["name"]: s["pid"]
+                for s in json.loads(state_file.read_text())["services"]
+                if s["pid"]
+            }
+            figures = asyncio.run(
+                mesh_figures(mesh["gateway_url"], token, pairs, jobs, pids)
+            )
         finally:
             down(state, quiet=True)
             asyncio.run(_cleanup(suffix))
+    # Measured before and after the mesh run, so a slow spell on a shared machine
+    # weighs on both sides of the ratio alike.
+    bare_after = bare_throughput(pairs, repeat=repeat, threads=threads)
+    bare = (bare_before + bare_after) / 2
+    click.echo(
+        f"bare pipeline (decode, preprocess, forward): {bare:.3f} jobs/s"
+        f" (before {bare_before:.3f}, after {bare_after:.3f})"
+    )
     seal_ratio, unseal_ratio = envelope_ratio()
     direct_latency = 1.0 / bare
     click.echo(
@@ -230,6 +270,11 @@ def run_mesh_bench(
     )
     ratio = figures["mesh_jobs_per_s"] / bare
     click.echo(f"mesh over bare throughput: {ratio:.3f} (goal >= 0.85)")
+    shares = ", ".join(
+        f"{name} {value:.3f}"
+        for name, value in sorted(figures["cpu_s_per_job"].items(), key=lambda x: -x[1])
+    )
+    click.echo(f"CPU seconds per job at saturation: {shares}")
     for concurrency, values in figures["latencies"].items():
         p50, p95, p99 = (_percentile(values, q) for q in (0.5, 0.95, 0.99))
         click.echo(

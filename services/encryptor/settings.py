@@ -34,7 +34,9 @@ class EncryptorSettings(BaseSettings):
     s3_endpoint_url: str | None = None
     s3_connect_timeout_s: float = Field(default=3.0, gt=0)
     s3_read_timeout_s: float = Field(default=30.0, gt=0)
-    part_size: int = Field(default=8 * 1024 * 1024, ge=MIN_PART_SIZE)
+    # One part buffer is held per upload in flight, so this size times the
+    # concurrent uploads is most of the encryptor's memory under load.
+    part_size: int = Field(default=MIN_PART_SIZE, ge=MIN_PART_SIZE)
     chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1)
 
     aws_region: str = "us-east-1"

@@ -78,14 +78,14 @@ def test_faults_mesh_soak_200_jobs_with_random_kills_and_cuts(mesh: Mesh) -> Non
     _soak(mesh, jobs=200, kills=5, cuts=5)
 
 
-async def _tapped_job(mesh: Mesh) -> dict[str, Any]:
+async def _tapped_job(mesh: Mesh, token: str) -> dict[str, Any]:
     """A job message exactly as the encryptor published it, for a real job."""
     connection = await aio_pika.connect(AMQP_URL)
     try:
         channel = await connection.channel()
         tap = await channel.declare_queue(exclusive=True, auto_delete=True)
         await tap.bind(f"{mesh.prefix}.jobs", routing_key="job")
-        with client(mesh, mesh.token(TENANT, *ALL)) as http:
+        with client(mesh, token) as http:
             job_id = await asyncio.to_thread(
                 submit_png, http, sample(THUMBS[0]).read_bytes()
             )
@@ -132,8 +132,10 @@ def _retries(mesh: Mesh, job_id: str) -> int:
 
 
 def test_faults_mesh_poison_and_replayed_jobs_fail_at_once(mesh: Mesh) -> None:
+    token = mesh.token(TENANT, *ALL)
+
     async def scenario() -> dict[str, tuple[str, ...]]:
-        original = await _tapped_job(mesh)
+        original = await _tapped_job(mesh, token)
         done = await _outcome(mesh, original["job_id"])
         assert done[1] == "succeeded", done
         cases: dict[str, dict[str, Any] | bytes] = {
