@@ -63,6 +63,7 @@ unbind_context = structlog.contextvars.unbind_contextvars
 
 
 LOOP_DEBUG_ENV = "OBSCURA_LOOP_SLOW_CALLBACK_S"
+LOOP_DEBUG_HANDLER = "obscura-loop-debug"
 
 
 def enable_loop_debug_from_env() -> float | None:
@@ -70,8 +71,8 @@ def enable_loop_debug_from_env() -> float | None:
 
     asyncio then logs every callback that holds the loop longer than that many
     seconds ("Executing <Handle ...> took X seconds") on the ``asyncio`` logger at
-    WARNING, which ``configure_logging`` routes to stderr. Call it from a
-    coroutine of each entry point; returns the threshold, or None when unset.
+    WARNING; those lines go to stderr prefixed with their Unix time. Call it from
+    a coroutine of each entry point; returns the threshold, or None when unset.
     """
     value = os.environ.get(LOOP_DEBUG_ENV, "").strip()
     if not value:
@@ -85,5 +86,13 @@ def enable_loop_debug_from_env() -> float | None:
     loop = asyncio.get_running_loop()
     loop.set_debug(True)
     loop.slow_callback_duration = threshold
-    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    logger = logging.getLogger("asyncio")
+    if not any(h.name == LOOP_DEBUG_HANDLER for h in logger.handlers):
+        # Timestamped, so a slow callback can be matched to what else ran then.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.name = LOOP_DEBUG_HANDLER
+        handler.setFormatter(logging.Formatter("%(created).3f asyncio %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.WARNING)
     return threshold

@@ -20,7 +20,10 @@ import contextlib
 import logging
 import os
 import re
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -56,6 +59,99 @@ def debug_environment(threshold_s: float = SLOW_CALLBACK_S) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+# What ``enable_loop_debug_from_env`` writes: Unix time at the callback's end.
+STAMPED_LINE = re.compile(
+    r"^(?P<end>\d+\.\d+) asyncio Executing .+? took (?P<took>\d+\.\d+) seconds"
+)
+
+
+@dataclass(frozen=True)
+class SlowCallback:
+    service: str
+    end: float
+    took_s: float
+    loop_cpu_s: float | None
+    line: str = field(repr=False)
+
+    def blocked(self, threshold_s: float = SLOW_CALLBACK_S) -> bool:
+        """True when the loop's own thread computed for the threshold or longer.
+
+        asyncio measures wall time; on a loaded machine a callback can take long
+        because the process was not scheduled. With the thread's CPU time over
+        the same window this tells the loop's own work from waiting for a core.
+        Unknown CPU time counts as blocked.
+        """
+        if self.loop_cpu_s is None:
+            return True
+        return self.loop_cpu_s >= threshold_s
+
+
+CPU_SAMPLE_S = 0.01
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def _main_thread_cpu_s(pid: int) -> float:
+    # Fields after the command name: state is 3rd, utime 14th, stime 15th.
+    stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * _TICK_S
+
+
+class LoopCpuSampler:
+    """Samples the CPU time of each service's main (event-loop) thread."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.samples: dict[str, list[tuple[float, float]]] = {n: [] for n in pids}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> LoopCpuSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(CPU_SAMPLE_S):
+            for name, pid in self.pids.items():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    self.samples[name].append((time.time(), _main_thread_cpu_s(pid)))
+
+    def cpu_between(self, name: str, start: float, end: float) -> float | None:
+        """Estimated CPU seconds the thread used in [start, end], or None.
+
+        The samples bracketing the window span a little more than it; the CPU
+        used over that span is scaled down to the window's length.
+        """
+        samples = self.samples.get(name, [])
+        before = [(at, cpu) for at, cpu in samples if at <= start]
+        after = [(at, cpu) for at, cpu in samples if at >= end]
+        if not before or not after:
+            return None
+        (t0, cpu0), (t1, cpu1) = before[-1], after[0]
+        return (cpu1 - cpu0) * (end - start) / max(t1 - t0, end - start)
+
+
+def stamped_slow_callbacks(
+    run_dir: Path, sampler: LoopCpuSampler, names: tuple[str, ...] = SERVICES
+) -> list[SlowCallback]:
+    """Every slow callback the services logged, with their loop thread's CPU."""
+    found = []
+    for name in names:
+        path = run_dir / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        for line in text.splitlines():
+            match = STAMPED_LINE.match(line)
+            if match:
+                end, took = float(match["end"]), float(match["took"])
+                cpu = sampler.cpu_between(name, end - took, end)
+                found.append(SlowCallback(name, end, took, cpu, line[:300]))
+    return found
 
 
 def slow_callbacks(text: str) -> list[str]:

@@ -49,8 +49,8 @@ def _soak(mesh: Mesh, jobs: int, kills: int, cuts: int) -> None:
                 _fault(mesh, faults.pop(0))
     wait_terminal(mesh, accepted, timeout_s=60 + jobs * 3)
     counts = asyncio.run(tally(mesh, accepted))
-    time.sleep(2)
-    depths = queue_depths(mesh)
+    # Copies redelivered after a kill may still run once their job is done.
+    depths = _settled_queues(mesh, timeout_s=60)
     print(f"soak jobs={jobs}: {counts.line()} queues={depths}", file=sys.__stderr__)
 
     assert counts.accepted == jobs
@@ -133,6 +133,7 @@ def _retries(mesh: Mesh, job_id: str) -> int:
 
 def test_faults_mesh_poison_and_replayed_jobs_fail_at_once(mesh: Mesh) -> None:
     token = mesh.token(TENANT, *ALL)
+    cases_ids: dict[str, str] = {}
 
     async def scenario() -> dict[str, tuple[str, ...]]:
         original = await _tapped_job(mesh, token)
@@ -160,10 +161,14 @@ def test_faults_mesh_poison_and_replayed_jobs_fail_at_once(mesh: Mesh) -> None:
             assert isinstance(body, dict)
             outcomes[name] = await _outcome(mesh, body["job_id"])
         outcomes["original_after_replay"] = await _outcome(mesh, original["job_id"])
+        for name, body in cases.items():
+            assert isinstance(body, dict)
+            cases_ids[name] = body["job_id"]
         return outcomes
 
     outcomes = asyncio.run(scenario())
     print(f"poison outcomes: {outcomes}", file=sys.__stderr__)
+    print(f"poison queues: {queue_depths(mesh)}", file=sys.__stderr__)
 
     for name in ("missing_object", "moved_object", "other_tenant", "unknown_version"):
         assert outcomes[name][1] == "failed", (name, outcomes[name])
@@ -171,5 +176,18 @@ def test_faults_mesh_poison_and_replayed_jobs_fail_at_once(mesh: Mesh) -> None:
     assert outcomes["unknown_version"][2] == "invalid_message"
     assert outcomes["other_tenant"][0] == "other-clinic"
     assert outcomes["original_after_replay"][:2] == (TENANT, "succeeded")
-    time.sleep(2)
-    assert set(queue_depths(mesh).values()) == {0}
+    depths = _settled_queues(mesh)
+    assert set(depths.values()) == {0}, depths
+    for name in ("missing_object", "moved_object", "other_tenant"):
+        body = cases_ids[name]
+        assert _retries(mesh, body) == 0, name
+
+
+def _settled_queues(mesh: Mesh, timeout_s: float = 20) -> dict[str, int]:
+    """Queue depths once they are all empty, or as they stand at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    depths = queue_depths(mesh)
+    while set(depths.values()) != {0} and time.monotonic() < deadline:
+        time.sleep(0.5)
+        depths = queue_depths(mesh)
+    return depths

@@ -29,7 +29,7 @@ from shared.kms import AwsKeyService, KmsEndpoint
 from standins.devstate import load_or_create_principals
 from standins.nsm import DevPki, SimulatedNsm
 from tests.integration.mesh.conftest import Mesh, _delete_topology, _drop_database
-from tests.loopdebug import debug_environment
+from tests.loopdebug import SERVICES, LoopCpuSampler, debug_environment
 
 MIB = 1024 * 1024
 DEPRIORITISED = ("enclave-worker", "moto", "kms-gate")
@@ -56,6 +56,17 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         down(state_dir, quiet=True)
         asyncio.run(_drop_database(database))
         asyncio.run(_delete_topology(prefix))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def loop_cpu(mesh: Mesh) -> Iterator[LoopCpuSampler]:
+    """CPU time of every service's event-loop thread, for all this folder's tests."""
+    sampler = LoopCpuSampler({name: service_pid(mesh, name) for name in SERVICES})
+    sampler.start()
+    try:
+        yield sampler
+    finally:
+        sampler.stop()
 
 
 def deprioritise(pid: int) -> None:

@@ -36,8 +36,9 @@ from tests.integration.resources.conftest import (
 from tests.loopdebug import (
     SERVICES,
     SLOW_CALLBACK_S,
+    LoopCpuSampler,
     process_has_loop_debug,
-    slow_callbacks_in_logs,
+    stamped_slow_callbacks,
 )
 
 SOAK = bool(os.environ.get("OBSCURA_SOAK"))
@@ -193,13 +194,20 @@ def test_concurrent_large_uploads_keep_gateway_and_encryptor_memory_bounded(
         assert sampler.growth_mib(name) < UPLOAD_GROWTH_BOUND_MIB, name
 
 
-def test_no_service_blocked_its_event_loop(mesh: Mesh) -> None:
+def test_no_service_blocked_its_event_loop(
+    mesh: Mesh, loop_cpu: LoopCpuSampler
+) -> None:
     for name in SERVICES:
         assert process_has_loop_debug(service_pid(mesh, name)), name
-    found = slow_callbacks_in_logs(mesh.run_dir)
-    stand_ins = slow_callbacks_in_logs(mesh.run_dir, ("kms-gate", "devmesh"))
-    for name, lines in (found | stand_ins).items():
-        report(f"[resources] {name}: {len(lines)} callbacks over {SLOW_CALLBACK_S} s")
-        for line in lines[:5]:
-            report(f"    {line}")
-    assert found == {name: [] for name in SERVICES}
+        assert loop_cpu.samples[name], f"no CPU samples of {name}"
+    found = stamped_slow_callbacks(mesh.run_dir, loop_cpu)
+    for name in SERVICES:
+        mine = [c for c in found if c.service == name]
+        report(f"[resources] {name}: {len(mine)} callbacks over {SLOW_CALLBACK_S} s")
+        for slow in mine:
+            cpu = "?" if slow.loop_cpu_s is None else f"{slow.loop_cpu_s:.2f}"
+            report(
+                f"    took {slow.took_s:.3f} s wall, loop thread CPU {cpu} s:"
+                f" {'BLOCKED' if slow.blocked() else 'waited for a core'}"
+            )
+    assert [c.line for c in found if c.blocked()] == []

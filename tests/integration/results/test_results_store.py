@@ -210,7 +210,7 @@ async def test_handler_unknown_job_creates_the_row(
     assert await _status(store, tenant, job_id) == "running"
 
 
-async def test_handler_refuses_result_bound_to_another_job(
+async def test_handler_fails_job_whose_result_is_bound_to_another_job(
     engine: AsyncEngine, tenant: str
 ) -> None:
     store = JobStore(engine)
@@ -218,8 +218,12 @@ async def test_handler_refuses_result_bound_to_another_job(
     keys = FakeKeyService(KEY_ID)
     foreign = await sealed_prediction(keys, KEY_ID, tenant, random_job_id(), SCORES)
     body = result_message(tenant, job_id, "succeeded", foreign)
-    assert await MessageHandler(store).on_result(body) is Disposition.MALFORMED
-    assert await _status(store, tenant, job_id) == "queued"
+    assert await MessageHandler(store).on_result(body) is Disposition.APPLIED
+    job = await store.get(tenant, job_id)
+    assert job is not None
+    assert (job.status, job.failure_reason) == ("failed", "invalid_result")
+    with pytest.raises(JobConflictError):
+        await store.result(tenant, job_id)
 
 
 async def test_handler_dead_letter_fails_job_unless_terminal(
