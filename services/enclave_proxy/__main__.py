@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 
 from services.enclave_proxy.service import ProxyService
@@ -21,6 +22,9 @@ async def run(settings: ProxySettings) -> None:
     service = ProxyService(settings)
     try:
         await service.start()
+        # Start-up objects live as long as the process: keep them out of every
+        # full collection, which otherwise held the event loop for 0.1 s or more.
+        gc.freeze()
         await stopping.wait()
         log.info("shutdown_requested")
     finally:

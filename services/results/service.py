@@ -9,6 +9,7 @@ goes.
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 
 import uvicorn
@@ -64,5 +65,8 @@ async def serve(settings: ResultsSettings) -> None:
             log_config=None,
             access_log=False,
         )
+        # Start-up objects live as long as the process: keep them out of every
+        # full collection, which otherwise held the event loop for 0.1 s or more.
+        gc.freeze()
         log.info("results service listening", host=settings.host, port=settings.port)
         await uvicorn.Server(config).serve()

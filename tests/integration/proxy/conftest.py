@@ -88,8 +88,9 @@ class FakeWorker:
             self.jobs.append(header)
             self.bodies.append(await link.read_body(expected_size=header.body_size))
             await asyncio.sleep(self.job_delay_s)
-            if self.error is not None:
-                await link.send_error(self.error)
+            error = self.error_for(header.job_id)
+            if error is not None:
+                await link.send_error(error)
                 return
             sealed = b"sealed-prediction:" + header.job_id.encode()
             result = ResultHeader(
@@ -104,6 +105,10 @@ class FakeWorker:
                 },
             )
             await link.send_result(result, [sealed])
+
+    def error_for(self, job_id: str) -> ErrorInfo | None:
+        """The ERROR to answer this job with, if any; subclasses pick per job."""
+        return self.error
 
     def _control(self, request: Control) -> Control:
         if request.op == "credentials":
