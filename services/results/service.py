@@ -8,9 +8,11 @@ goes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import uvicorn
 
@@ -22,6 +24,7 @@ from services.results.decrypt import open_key_service
 from services.results.handlers import MessageHandler
 from services.results.settings import ResultsSettings
 from services.results.store import JobStore
+from shared.errors import ObscuraError
 from shared.logging import enable_loop_debug_from_env, get_logger
 
 log = get_logger(__name__)
@@ -47,12 +50,34 @@ async def running(settings: ResultsSettings) -> AsyncIterator[Components]:
             components = Components(settings, engine, keys, consumers)
             consumers.metrics = components.metrics
             await consumers.start()
+            sweeper = asyncio.create_task(sweep_abandoned(JobStore(engine), settings))
             try:
                 yield components
             finally:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
                 await consumers.stop()
     finally:
         await engine.dispose()
+
+
+async def sweep_abandoned(store: JobStore, settings: ResultsSettings) -> None:
+    """Every ``sweep_interval_s``, fail reservations whose upload never finished."""
+    while True:
+        await asyncio.sleep(settings.sweep_interval_s)
+        cutoff = datetime.now(UTC) - timedelta(seconds=settings.received_ttl_s)
+        try:
+            failed = await store.fail_abandoned(cutoff)
+        except ObscuraError as exc:
+            log.warning(
+                "abandoned-upload sweep failed",
+                reason=exc.reason.value,
+                retry_in_s=settings.sweep_interval_s,
+            )
+            continue
+        if failed:
+            log.info("abandoned uploads failed", jobs=len(failed))
 
 
 async def serve(settings: ResultsSettings) -> None:

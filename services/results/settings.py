@@ -45,6 +45,11 @@ class ResultsSettings(BaseSettings):
     aws_secret_access_key: SecretStr | None = None
     aws_session_token: SecretStr | None = None
 
+    # A job still "received" after this long lost its upload to a gateway crash and
+    # is failed with reason upload_abandoned; it must exceed the longest upload.
+    received_ttl_s: float = Field(default=6 * 3600.0, gt=0)
+    sweep_interval_s: float = Field(default=60.0, gt=0)
+
     page_limit_default: int = Field(default=50, ge=1)
     page_limit_max: int = Field(default=200, ge=1)
 

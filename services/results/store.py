@@ -50,6 +50,9 @@ ALLOWED_FROM: Mapping[str, tuple[str, ...]] = {
 }
 
 
+UPLOAD_ABANDONED = "upload_abandoned"
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -195,6 +198,30 @@ class JobStore:
                     .on_conflict_do_nothing(index_elements=["job_id"])
                 )
             return moved
+
+    async def fail_abandoned(self, older_than: datetime) -> list[str]:
+        """Fail jobs still ``received`` since before ``older_than``.
+
+        A job stays ``received`` only while its upload is under way; one older than
+        any upload can take lost its gateway mid-upload (a crash, not the clean 503
+        path, which deletes the reservation), so no object will ever follow.
+        """
+        statement = (
+            update(jobs)
+            .where(jobs.c.status == "received", jobs.c.created_at < older_than)
+            .values(
+                status="failed",
+                finished_at=now(),
+                failure_reason=UPLOAD_ABANDONED,
+                failure_message=(
+                    "the upload never completed (the gateway stopped while receiving"
+                    " it); submit the image again"
+                ),
+            )
+            .returning(jobs.c.id)
+        )
+        async with transaction(self.engine) as conn:
+            return [str(row.id) for row in await conn.execute(statement)]
 
     async def ensure(self, tenant: str, job_id: str, model: str) -> bool:
         """Create a row for a job first heard of from a result; True if created."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, inspect, select, update
@@ -266,3 +266,26 @@ async def test_store_schema_refuses_an_unknown_status(
                 update(jobs).where(jobs.c.id == job_id).values(status="sealed")
             )
     assert await _status(store, tenant, job_id) == "queued"
+
+
+async def test_store_fails_only_reservations_older_than_the_cutoff(
+    engine: AsyncEngine, tenant: str
+) -> None:
+    store = JobStore(engine)
+    stale = (await store.create(new_job(tenant))).job.id
+    fresh = (await store.create(new_job(tenant))).job.id
+    queued = await queued_job(store, tenant)
+    async with transaction(engine) as conn:
+        await conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_([stale, queued]))
+            .values(created_at=datetime(2020, 1, 1, tzinfo=UTC))
+        )
+    failed = await store.fail_abandoned(datetime.now(UTC) - timedelta(hours=1))
+    assert failed == [stale]
+    job = await store.get(tenant, stale)
+    assert job is not None
+    assert (job.status, job.failure_reason) == ("failed", "upload_abandoned")
+    assert await _status(store, tenant, fresh) == "received"
+    assert await _status(store, tenant, queued) == "queued"
+    assert await store.fail_abandoned(datetime.now(UTC) - timedelta(hours=1)) == []
