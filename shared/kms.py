@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -28,6 +26,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from shared.aws import Credentials as Credentials
+from shared.aws import open_client
 from shared.cms import open_ciphertext_for_recipient
 from shared.errors import (
     DependencyError,
@@ -71,13 +71,6 @@ _RETRYABLE_CODES: dict[str, Reason] = {
 
 
 @dataclass(frozen=True)
-class Credentials:
-    access_key_id: str
-    secret_access_key: str = field(repr=False)
-    session_token: str | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
 class KmsEndpoint:
     region: str = "us-east-1"
     endpoint_url: str | None = None
@@ -109,17 +102,6 @@ def translate_botocore_error(exc: BotoCoreError, operation: str) -> DependencyEr
     return RetryableDependencyError(message, reason=Reason.UNAVAILABLE)
 
 
-_SESSION: Any = None
-
-
-def _session() -> Any:
-    """One botocore session per process: it caches the loaded service models."""
-    global _SESSION
-    if _SESSION is None:
-        _SESSION = get_session()
-    return _SESSION
-
-
 class AwsKeyService:
     """``shared.keys.KeyService`` over an aiobotocore KMS client."""
 
@@ -137,23 +119,13 @@ class AwsKeyService:
         retry: RetryPolicy | None = None,
     ) -> AsyncIterator[AwsKeyService]:
         """Open a client; without credentials botocore's default chain applies."""
-        config = AioConfig(
-            connect_timeout=endpoint.connect_timeout_s,
-            read_timeout=endpoint.read_timeout_s,
-            retries={"total_max_attempts": 1},
-        )
-        keys: dict[str, str] = {}
-        if credentials is not None:
-            keys["aws_access_key_id"] = credentials.access_key_id
-            keys["aws_secret_access_key"] = credentials.secret_access_key
-            if credentials.session_token:
-                keys["aws_session_token"] = credentials.session_token
-        async with _session().create_client(
+        async with open_client(
             "kms",
-            region_name=endpoint.region,
+            region=endpoint.region,
             endpoint_url=endpoint.endpoint_url,
-            config=config,
-            **keys,
+            credentials=credentials,
+            connect_timeout_s=endpoint.connect_timeout_s,
+            read_timeout_s=endpoint.read_timeout_s,
         ) as client:
             yield cls(client, retry=retry)
 

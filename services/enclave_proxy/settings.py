@@ -15,8 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.broker import Topology
 from shared.retry import RetryPolicy
+from shared.settings import PLACEHOLDER_SECRETS
 
-PLACEHOLDER_SECRETS = frozenset({"", "guest", "changeme", "secret", "password", "x"})
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 

@@ -8,7 +8,6 @@ worker (and with it torch) only after setting them.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import signal
 from collections.abc import Callable
@@ -33,9 +32,6 @@ async def serve(settings: WorkerSettings, nsm: Nsm) -> None:
 
     worker = Worker(settings, nsm)
     await worker.start()
-    # Start-up objects live as long as the process: keep them out of every
-    # full collection, which otherwise held the event loop for 0.1 s or more.
-    gc.freeze()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import json
 import time
@@ -33,6 +34,17 @@ from shared.nsm import Nsm
 from shared.receipt import Receipt, ReceiptRecord
 
 VIEWS = ("L-CC", "R-CC", "L-MLO", "R-MLO")
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _load_libc()
 
 
 @dataclass
@@ -118,6 +130,16 @@ def _choose_view(request: JobRequest, decoded: DecodedImage) -> str:
     return view
 
 
+def release_freed_memory() -> None:
+    """Hand memory freed by the last job back to the system (glibc only).
+
+    Image-sized buffers freed by a job stay in the allocator's heaps otherwise,
+    and the worker's footprint creeps up with the mix of image sizes it saw.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
 def decode_and_wipe(plaintext: bytearray) -> DecodedImage:
     """Decode the image, then zero its plaintext; both walk the whole buffer.
 
@@ -172,7 +194,9 @@ async def run_job(
     hospital_key_id: str,
     inference: Executor,
     max_sealed_bytes: int,
+    decoding: Executor | None = None,
 ) -> JobResult:
+    """Run one job; decoding and hashing go to ``decoding`` (default: loop's)."""
     result_context = {
         "purpose": "result",
         "tenant": request.tenant,
@@ -186,7 +210,7 @@ async def run_job(
     try:
         return await _run(
             request, body, model, keys, recipient, nsm, result_key, inference,
-            max_sealed_bytes, hospital_key_id, result_context,
+            max_sealed_bytes, hospital_key_id, result_context, decoding,
         )  # fmt: skip
     finally:
         await result_key.discard()
@@ -204,6 +228,7 @@ async def _run(
     max_sealed_bytes: int,
     hospital_key_id: str,
     result_context: dict[str, str],
+    decoding: Executor | None,
 ) -> JobResult:
     watch = Stopwatch()
     image_context = {
@@ -224,7 +249,7 @@ async def _run(
             plaintext += piece
     watch.lap("unseal")
     loop = asyncio.get_running_loop()
-    decoded = await loop.run_in_executor(None, decode_and_wipe, plaintext)
+    decoded = await loop.run_in_executor(decoding, decode_and_wipe, plaintext)
     del plaintext
     watch.lap("decode")
     view = _choose_view(request, decoded)
@@ -237,7 +262,7 @@ async def _run(
     del watch.stages["infer"]
     # Off the loop: it hashes every decoded pixel.
     document = await loop.run_in_executor(
-        None, prediction_document, request, model, view, scores, decoded
+        decoding, prediction_document, request, model, view, scores, decoded
     )
     del decoded
     sealed = bytes(

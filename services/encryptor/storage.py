@@ -14,12 +14,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
+from shared.aws import Credentials, open_client
 from shared.errors import PermanentDependencyError, Reason, RetryableDependencyError
-from shared.kms import Credentials
 
 
 class StorageUnavailableError(RetryableDependencyError):
@@ -97,23 +95,13 @@ class S3ObjectStore:
     async def connect(
         cls, endpoint: S3Endpoint, credentials: Credentials | None = None
     ) -> AsyncIterator[S3ObjectStore]:
-        config = AioConfig(
-            connect_timeout=endpoint.connect_timeout_s,
-            read_timeout=endpoint.read_timeout_s,
-            retries={"total_max_attempts": 1},
-        )
-        keys: dict[str, str] = {}
-        if credentials is not None:
-            keys["aws_access_key_id"] = credentials.access_key_id
-            keys["aws_secret_access_key"] = credentials.secret_access_key
-            if credentials.session_token:
-                keys["aws_session_token"] = credentials.session_token
-        async with get_session().create_client(
+        async with open_client(
             "s3",
-            region_name=endpoint.region,
+            region=endpoint.region,
             endpoint_url=endpoint.endpoint_url,
-            config=config,
-            **keys,
+            credentials=credentials,
+            connect_timeout_s=endpoint.connect_timeout_s,
+            read_timeout_s=endpoint.read_timeout_s,
         ) as client:
             yield cls(client, endpoint.bucket)
 

@@ -7,10 +7,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.settings import PLACEHOLDER_SECRETS
+
 # Secrets that only ever belong on a developer machine.
-PLACEHOLDER_SECRETS = frozenset(
-    {"", "test", "testing", "changeme", "secret", "dev", "guest", "postgres"}
-)
 
 
 class GatewaySettings(BaseSettings):
