@@ -19,7 +19,6 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 
@@ -40,75 +39,67 @@ async def _pieces(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
         yield data[start : start + size]
 
 
-async def _bench(images: list[tuple[str, bytes, str]], repeat: int) -> dict[str, Any]:
-    from services.enclave_worker.server import Worker
-    from services.enclave_worker.settings import WorkerSettings
-    from shared.enclave_protocol import HandedCredentials, JobRequest, WorkerClient
+async def _run_jobs(
+    client: Any,
+    sealer: Any,
+    hospital_key: str,
+    images: list[tuple[str, bytes, str]],
+    repeat: int,
+) -> list[dict[str, Any]]:
+    """Seal each image as the encryptor would, then time it through the worker."""
+    from shared.enclave_protocol import JobRequest
     from shared.envelope import seal_bytes
-    from shared.link import TcpTransport
-    from shared.relay import Relay, tcp_connector
+
+    rows: list[dict[str, Any]] = []
+    for name, data, view in images:
+        for _ in range(repeat):
+            job_id = str(uuid.uuid4())
+            context = {"purpose": "image", "tenant": "bench", "job_id": job_id}
+            sealed = bytes(await seal_bytes(data, sealer, hospital_key, context))
+            request = JobRequest(
+                job_id, "bench", secrets.token_bytes(16), len(sealed), "nyu-demo", view
+            )
+            began = time.perf_counter()
+            outcome = await client.run_job(request, _pieces(sealed), timeout_s=300)
+            total = time.perf_counter() - began
+            timings = json.loads(outcome.attributes["timings"])
+            rows.append({"image": name, "job_s": total, **timings})
+    return rows
+
+
+async def _bench(images: list[tuple[str, bytes, str]], repeat: int) -> dict[str, Any]:
+    from shared.enclave_protocol import HandedCredentials
     from standins.devstate import KmsStack
-    from standins.nsm import SimulatedNsm
+    from standins.inprocess import running_worker
     from standins.provision import keys_as, provision
 
     with tempfile.TemporaryDirectory(prefix="obscura-bench-") as tmp:
         folder = Path(tmp)
         with KmsStack(folder) as stack:
             keys = await provision(stack.kms_url, stack.principals, folder)
-            gate = urlsplit(stack.kms_url)
-            relay = Relay(
-                tcp_connector(gate.hostname or "", gate.port or 0), name="kms"
-            )
-            relay_server = await asyncio.start_server(relay.handle, "127.0.0.1", 0)
-            settings = WorkerSettings(
-                transport="tcp",
-                listen_port=0,
-                kms_relay_port=relay_server.sockets[0].getsockname()[1],
-                kms_scheme="http",
-                bundle_dir=keys.bundle,
-                hospital_key_id=keys.hospital_key,
-            )
-            worker = Worker(settings, SimulatedNsm(stack.pki, keys.pcrs))
-            await worker.start()
-            client = WorkerClient(TcpTransport("127.0.0.1", worker.listen_port))
-            enclave = stack.principals["enclave"]
-            started = time.perf_counter()
-            await client.hand_credentials(
-                HandedCredentials(enclave.access_key_id, enclave.secret_access_key)
-            )
-            while not (status := await client.status()).ready:
-                if status.reason == "model_unavailable":
-                    raise click.ClickException(f"worker not ready: {status.message}")
-                await asyncio.sleep(0.02)
-            ready_s = time.perf_counter() - started
-            assert worker.model is not None
-            rows: list[dict[str, Any]] = []
-            async with keys_as(stack.kms_url, stack.principals["encryptor"]) as sealer:
-                for name, data, view in images:
-                    for _ in range(repeat):
-                        job_id = str(uuid.uuid4())
-                        context = {
-                            "purpose": "image",
-                            "tenant": "bench",
-                            "job_id": job_id,
-                        }
-                        sealed = bytes(
-                            await seal_bytes(data, sealer, keys.hospital_key, context)
+            async with running_worker(
+                stack.kms_url, keys.bundle, keys.hospital_key, stack.pki, keys.pcrs
+            ) as running:
+                worker, client = running.worker, running.client
+                enclave = stack.principals["enclave"]
+                started = time.perf_counter()
+                await client.hand_credentials(
+                    HandedCredentials(enclave.access_key_id, enclave.secret_access_key)
+                )
+                while not (status := await client.status()).ready:
+                    if status.reason == "model_unavailable":
+                        raise click.ClickException(
+                            f"worker not ready: {status.message}"
                         )
-                        request = JobRequest(
-                            job_id, "bench", secrets.token_bytes(16), len(sealed),
-                            "nyu-demo", view,
-                        )  # fmt: skip
-                        began = time.perf_counter()
-                        outcome = await client.run_job(
-                            request, _pieces(sealed), timeout_s=300
-                        )
-                        total = time.perf_counter() - began
-                        timings = json.loads(outcome.attributes["timings"])
-                        rows.append({"image": name, "job_s": total, **timings})
-            await worker.stop()
-            await relay.aclose()
-            relay_server.close()
+                    await asyncio.sleep(0.02)
+                ready_s = time.perf_counter() - started
+                assert worker.model is not None
+                async with keys_as(
+                    stack.kms_url, stack.principals["encryptor"]
+                ) as sealer:
+                    rows = await _run_jobs(
+                        client, sealer, keys.hospital_key, images, repeat
+                    )
     return {
         "rows": rows,
         "ready_s": ready_s,

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -23,7 +22,6 @@ from PIL import Image
 
 from services.enclave_worker.engine import Engine, ModelSpec
 from services.enclave_worker.server import Worker
-from services.enclave_worker.settings import WorkerSettings
 from shared.enclave_protocol import (
     HandedCredentials,
     JobOutcome,
@@ -32,11 +30,11 @@ from shared.enclave_protocol import (
 )
 from shared.errors import Reason
 from shared.imaging.decode import decode_image
-from shared.link import PeerError, TcpTransport
+from shared.link import PeerError
 from shared.receipt import Receipt, verify_receipt
-from shared.relay import Relay, tcp_connector
+from standins.inprocess import running_worker as in_process
 from standins.kms_gate import GateServer
-from standins.nsm import DevPki, SimulatedNsm
+from standins.nsm import DevPki
 from tests.integration.conftest import PRINCIPALS
 from tests.integration.enclave_setup import Provisioned, pieces, provision
 
@@ -72,28 +70,16 @@ async def running_worker(
     dev_pki: DevPki,
     **nsm_args: bool,
 ) -> AsyncIterator[Running]:
-    gate = urlsplit(provisioned.gate.url)
-    relay = Relay(
-        tcp_connector(gate.hostname or "127.0.0.1", gate.port or 80), name="kms"
-    )
-    relay_server = await asyncio.start_server(relay.handle, "127.0.0.1", 0)
-    settings = WorkerSettings(
-        transport="tcp",
-        listen_port=0,
-        kms_relay_port=relay_server.sockets[0].getsockname()[1],
-        kms_scheme="http",
-        bundle_dir=provisioned.bundle,
-        hospital_key_id=provisioned.hospital_key,
-    )
-    worker = Worker(settings, SimulatedNsm(dev_pki, pcrs, **nsm_args))
-    await worker.start()
-    client = WorkerClient(TcpTransport("127.0.0.1", worker.listen_port))
-    try:
-        await client.hand_credentials(enclave_credentials())
-        yield Running(worker, client, provisioned)
-    finally:
-        await worker.stop()
-        relay_server.close()
+    async with in_process(
+        provisioned.gate.url,
+        provisioned.bundle,
+        provisioned.hospital_key,
+        dev_pki,
+        pcrs,
+        **nsm_args,
+    ) as started:
+        await started.client.hand_credentials(enclave_credentials())
+        yield Running(started.worker, started.client, provisioned)
 
 
 async def wait_settled(client: WorkerClient, timeout_s: float = 60.0) -> None:

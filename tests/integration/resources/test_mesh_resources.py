@@ -1,11 +1,12 @@
 """Memory and event-loop behaviour of the mesh's processes under load.
 
 Runs in this order on one mesh whose services are in asyncio debug mode:
-many inferences (the worker's RSS stays flat after warm-up), five concurrent
-large DICOM uploads (gateway and encryptor grow by less than 64 MiB each, and
-every sealed object opens to the uploaded bytes), then a scan of every service
-log for callbacks that held an event loop longer than 0.1 s.
-Set ``OBSCURA_SOAK=1`` for the full sizes (300 inferences, 5 x 200 MB).
+many inferences (the worker's RSS grows by less than 32 MiB after warm-up),
+five concurrent large DICOM uploads (gateway and encryptor grow by less than
+64 MiB each, and every sealed object opens to the uploaded bytes), then a scan
+of every service log for callbacks that held an event loop longer than 0.1 s.
+``OBSCURA_SOAK=1`` adds the full sizes: 300 inferences up to CC size, and five
+concurrent uploads of 200 MB.
 """
 
 from __future__ import annotations
@@ -41,17 +42,17 @@ from tests.loopdebug import (
     stamped_slow_callbacks,
 )
 
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 SOAK = bool(os.environ.get("OBSCURA_SOAK"))
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900 if SOAK else 240)]
 
 TENANT = "st-marys"
 SCOPES = ("jobs:submit", "jobs:read")
 UPLOADS = 5
-UPLOAD_SIDE = 10_000 if SOAK else 4_480  # uint16: ~200 MB or ~40 MB per file
 UPLOAD_GROWTH_BOUND_MIB = 64
-INFERENCES = 300 if SOAK else 30
-WARM_UP = 10 if SOAK else 6
 WORKER_GROWTH_BOUND_MIB = 32
+# Thumbnail to mid-size images by default; soak runs add CC and MLO sizes.
+SMALL_SIDES = ((256, 200), (640, 480), (900, 700), (420, 1000), (1100, 800))
+CC_SIDES = ((2677, 1942), (2974, 1748), (1200, 900), *SMALL_SIDES)
 
 
 def report(text: str) -> None:
@@ -76,47 +77,49 @@ async def wait_done(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
     raise AssertionError(f"job {job_id} did not finish in 180 s")
 
 
-def varied_image(index: int) -> bytes:
-    """A 16-bit PNG whose size cycles from thumbnail to CC size in soak runs."""
-    sides: tuple[tuple[int, int], ...] = (
-        ((2677, 1942), (2974, 1748), (1200, 900)) if SOAK else ()
-    )
-    sides += ((256, 200), (640, 480), (900, 700), (420, 1000), (1100, 800))
+def varied_image(index: int, sides: tuple[tuple[int, int], ...]) -> bytes:
+    """A 16-bit PNG of random content, its size cycling through ``sides``."""
     height, width = sides[index % len(sides)]
     rng = np.random.default_rng(index)
     pixels = rng.integers(0, 4096, size=(height, width), dtype=np.uint16)
     return png_bytes(pixels)
 
 
-async def infer(client: httpx.AsyncClient, index: int) -> dict[str, Any]:
+async def infer(
+    client: httpx.AsyncClient, index: int, sides: tuple[tuple[int, int], ...]
+) -> dict[str, Any]:
     view = ("L-CC", "R-CC", "L-MLO", "R-MLO")[index % 4]
-    files = {"file": ("image.png", varied_image(index), "image/png")}
+    files = {"file": ("image.png", varied_image(index, sides), "image/png")}
     answer = await client.post("/v1/jobs", data={"view": view}, files=files)
     assert answer.status_code == 202, answer.text
     return await wait_done(client, answer.json()["job_id"])
 
 
-async def infer_all(mesh: Mesh, token: str, indices: range) -> None:
+async def infer_all(
+    mesh: Mesh, token: str, indices: range, sides: tuple[tuple[int, int], ...]
+) -> None:
     async with http(mesh, token) as client:
         for start in range(indices.start, indices.stop, 2):
             batch = range(start, min(start + 2, indices.stop))
-            done = await asyncio.gather(*(infer(client, i) for i in batch))
+            done = await asyncio.gather(*(infer(client, i, sides) for i in batch))
             for job in done:
                 assert job["status"] == "succeeded", job
 
 
-def test_worker_memory_stays_flat_over_many_inferences(mesh: Mesh) -> None:
+def check_worker_memory(
+    mesh: Mesh, inferences: int, warm_up: int, sides: tuple[tuple[int, int], ...]
+) -> None:
     pid = service_pid(mesh, "enclave-worker")
     token = mesh.token(TENANT, *SCOPES)
-    asyncio.run(infer_all(mesh, token, range(WARM_UP)))
+    asyncio.run(infer_all(mesh, token, range(warm_up), sides))
     warm = status_kib(pid, "VmRSS")
     started = time.monotonic()
-    asyncio.run(infer_all(mesh, token, range(WARM_UP, INFERENCES)))
+    asyncio.run(infer_all(mesh, token, range(warm_up, inferences), sides))
     end = status_kib(pid, "VmRSS")
     growth = (end - warm) / 1024
     report(
-        f"\n[resources] worker RSS over {INFERENCES} inferences: after warm-up"
-        f" ({WARM_UP}) {warm / 1024:.1f} MiB, at end {end / 1024:.1f} MiB, growth"
+        f"\n[resources] worker RSS over {inferences} inferences: after warm-up"
+        f" ({warm_up}) {warm / 1024:.1f} MiB, at end {end / 1024:.1f} MiB, growth"
         f" {growth:+.1f} MiB (bound {WORKER_GROWTH_BOUND_MIB} MiB),"
         f" {time.monotonic() - started:.0f} s"
     )
@@ -124,16 +127,24 @@ def test_worker_memory_stays_flat_over_many_inferences(mesh: Mesh) -> None:
     assert growth < WORKER_GROWTH_BOUND_MIB
 
 
-@pytest.fixture(scope="module")
-def big_dicom(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """One uncompressed MG file on disk, and its SHA-256."""
-    side = UPLOAD_SIDE
+def test_worker_memory_stays_flat_over_30_small_inferences(mesh: Mesh) -> None:
+    check_worker_memory(mesh, 30, 6, SMALL_SIDES)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(1200)
+@pytest.mark.skipif(not SOAK, reason="soak run; set OBSCURA_SOAK=1")
+def test_worker_memory_stays_flat_over_300_inferences_soak(mesh: Mesh) -> None:
+    check_worker_memory(mesh, 300, 10, CC_SIDES)
+
+
+def write_dicom(path: Path, side: int) -> str:
+    """An uncompressed side x side uint16 MG file on disk; returns its SHA-256."""
     pixels = (np.arange(side * side, dtype=np.uint32) * 2654435761 >> 20).astype(
         np.uint16
     )
     dataset = mammogram(pixels.reshape(side, side))
     del pixels
-    path = tmp_path_factory.mktemp("big-dicom") / "big.dcm"
     dataset.file_meta = FileMetaDataset()
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
@@ -144,7 +155,7 @@ def big_dicom(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     with path.open("rb") as handle:
         while block := handle.read(8 * MIB):
             digest.update(block)
-    return path, digest.hexdigest()
+    return digest.hexdigest()
 
 
 async def upload(client: httpx.AsyncClient, path: Path) -> str:
@@ -161,12 +172,11 @@ async def upload_all(mesh: Mesh, token: str, path: Path, count: int) -> list[str
         return list(await asyncio.gather(*uploads))
 
 
-def test_concurrent_large_uploads_keep_gateway_and_encryptor_memory_bounded(
-    mesh: Mesh, big_dicom: tuple[Path, str], tmp_path: Path
-) -> None:
+def check_uploads(mesh: Mesh, tmp_path: Path, side: int) -> None:
     small_dicom = tmp_path / "small.dcm"
     small_dicom.write_bytes(dicom_bytes(mammogram(np.ones((512, 400), np.uint16))))
-    path, expected = big_dicom
+    path = tmp_path / "big.dcm"
+    expected = write_dicom(path, side)
     size = path.stat().st_size
     pids = {name: service_pid(mesh, name) for name in ("gateway", "encryptor")}
     sampler = RssSampler(pids)
@@ -192,6 +202,21 @@ def test_concurrent_large_uploads_keep_gateway_and_encryptor_memory_bounded(
         assert (digest, opened) == (expected, size), job_id
     for name in pids:
         assert sampler.growth_mib(name) < UPLOAD_GROWTH_BOUND_MIB, name
+
+
+def test_five_concurrent_40_mb_uploads_keep_memory_bounded_and_round_trip(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    check_uploads(mesh, tmp_path, 4_480)  # uint16 pixels: ~38 MiB per file
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(1200)
+@pytest.mark.skipif(not SOAK, reason="soak run; set OBSCURA_SOAK=1")
+def test_five_concurrent_200_mb_uploads_keep_memory_bounded_and_round_trip_soak(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    check_uploads(mesh, tmp_path, 10_000)  # ~191 MiB per file
 
 
 def test_no_service_blocked_its_event_loop(
