@@ -3,10 +3,13 @@
 Two ways in. For a mesh, ``debug_environment()`` puts
 ``OBSCURA_LOOP_SLOW_CALLBACK_S`` in the environment the services inherit; each
 entry point calls ``shared.logging.enable_loop_debug_from_env``, which turns on
-debug mode for that service's loop, and ``slow_callbacks_in_logs`` finds the
-lines asyncio wrote to their log files. For in-process tests, the ``loop_watch``
-fixture puts the test's own loop in debug mode and fails the test if any
-callback held it longer than the threshold.
+debug mode for that service's loop, and ``stamped_slow_callbacks`` finds the
+lines asyncio wrote to their log files. asyncio measures wall time, so each line
+is paired with the CPU time the service's loop thread used in that window
+(``LoopCpuSampler``): a callback is a block when the loop itself computed for
+the threshold, not when the process waited for a core on a busy 2-core machine.
+For in-process tests, the ``loop_watch`` fixture puts the test's own loop in
+debug mode and fails the test if any callback held it longer than the threshold.
 
 Not ``PYTHONASYNCIODEBUG=1``: aiohttp reads it too and then parses responses
 strictly, refusing the duplicate ``Server`` header moto's S3 server sends, so

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 from collections.abc import AsyncIterator
@@ -12,6 +13,8 @@ from services.encryptor.sealing import Sealer, SealerConfig, SealRequest
 from services.encryptor.storage import Part
 from shared.envelope import unseal_bytes
 from tests.fakes import FakeKeyService
+from tests.loopdebug import SlowCallbackWatch
+from tests.loopdebug import loop_watch as loop_watch  # the fixture
 from tests.unit.gateway_helpers import MemoryPublisher, MemoryStore
 
 pytestmark = pytest.mark.timeout(20)
@@ -73,3 +76,25 @@ async def test_sealer_part_sizes_are_full_then_the_rest() -> None:
     assert sizes[:2] == [PART, PART]
     assert len(sizes) == 3 and 0 < sizes[2] < PART
     assert sum(sizes) == outcome.sealed_size
+
+
+async def _socket_like(data: bytes, step: int) -> AsyncIterator[bytes]:
+    """Pieces as a request body delivers them: the loop runs between pieces."""
+    for start in range(0, len(data), step):
+        await asyncio.sleep(0)
+        yield data[start : start + step]
+
+
+async def test_sealer_streams_a_large_upload_without_blocking_the_loop(
+    loop_watch: SlowCallbackWatch,
+) -> None:
+    keys, store, publisher = FakeKeyService(), MemoryStore(), MemoryPublisher()
+    config = SealerConfig("bucket-1", keys.key_ids[0], PART, 1 << 20, 256 << 20)
+    image = os.urandom(1 << 20) * 48
+
+    outcome = await Sealer(keys, store, publisher, config).seal(
+        REQUEST, _socket_like(image, 64 * 1024)
+    )
+
+    assert outcome.body_size == len(image)
+    assert loop_watch.lines == []

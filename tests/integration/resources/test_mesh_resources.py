@@ -138,13 +138,19 @@ def test_worker_memory_stays_flat_over_300_inferences_soak(mesh: Mesh) -> None:
     check_worker_memory(mesh, 300, 10, CC_SIDES)
 
 
-def write_dicom(path: Path, side: int) -> str:
-    """An uncompressed side x side uint16 MG file on disk; returns its SHA-256."""
+def write_dicom(path: Path, side: int, padding: int = 0) -> str:
+    """An uncompressed side x side uint16 MG file on disk; returns its SHA-256.
+
+    ``padding`` bytes of Data Set Trailing Padding follow the pixel data: the
+    mesh refuses images over 40 MP, so a 200 MB file needs more than pixels.
+    """
     pixels = (np.arange(side * side, dtype=np.uint32) * 2654435761 >> 20).astype(
         np.uint16
     )
     dataset = mammogram(pixels.reshape(side, side))
     del pixels
+    if padding:
+        dataset.add_new(0xFFFCFFFC, "OB", bytes(range(256)) * (padding // 256))
     dataset.file_meta = FileMetaDataset()
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
@@ -172,11 +178,11 @@ async def upload_all(mesh: Mesh, token: str, path: Path, count: int) -> list[str
         return list(await asyncio.gather(*uploads))
 
 
-def check_uploads(mesh: Mesh, tmp_path: Path, side: int) -> None:
+def check_uploads(mesh: Mesh, tmp_path: Path, side: int, padding: int = 0) -> None:
     small_dicom = tmp_path / "small.dcm"
     small_dicom.write_bytes(dicom_bytes(mammogram(np.ones((512, 400), np.uint16))))
     path = tmp_path / "big.dcm"
-    expected = write_dicom(path, side)
+    expected = write_dicom(path, side, padding)
     size = path.stat().st_size
     pids = {name: service_pid(mesh, name) for name in ("gateway", "encryptor")}
     sampler = RssSampler(pids)
@@ -216,7 +222,8 @@ def test_five_concurrent_40_mb_uploads_keep_memory_bounded_and_round_trip(
 def test_five_concurrent_200_mb_uploads_keep_memory_bounded_and_round_trip_soak(
     mesh: Mesh, tmp_path: Path
 ) -> None:
-    check_uploads(mesh, tmp_path, 10_000)  # ~191 MiB per file
+    # 6000 x 6000 uint16 pixels (36 MP, ~69 MiB) and ~122 MiB of padding.
+    check_uploads(mesh, tmp_path, 6_000, 128 * 1000 * 1000)
 
 
 def test_no_service_blocked_its_event_loop(
@@ -231,8 +238,8 @@ def test_no_service_blocked_its_event_loop(
         report(f"[resources] {name}: {len(mine)} callbacks over {SLOW_CALLBACK_S} s")
         for slow in mine:
             cpu = "?" if slow.loop_cpu_s is None else f"{slow.loop_cpu_s:.2f}"
+            verdict = "BLOCKED" if slow.blocked() else "waited for a core or the GIL"
             report(
-                f"    took {slow.took_s:.3f} s wall, loop thread CPU {cpu} s:"
-                f" {'BLOCKED' if slow.blocked() else 'waited for a core'}"
+                f"    took {slow.took_s:.3f} s wall, loop thread CPU {cpu} s: {verdict}"
             )
     assert [c.line for c in found if c.blocked()] == []
