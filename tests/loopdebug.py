@@ -84,10 +84,12 @@ class SlowCallback:
         asyncio measures wall time; on a loaded machine a callback can take long
         because the process was not scheduled. With the thread's CPU time over
         the same window this tells the loop's own work from waiting for a core.
-        Unknown CPU time counts as blocked.
+        When the sampler itself was starved of CPU over the window, the thread's
+        CPU time is unknown; such a callback is reported but not counted, since a
+        machine too loaded to sample cannot tell either way.
         """
         if self.loop_cpu_s is None:
-            return True
+            return False
         return self.loop_cpu_s >= threshold_s
 
 

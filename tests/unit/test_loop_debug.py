@@ -86,7 +86,7 @@ def test_slow_callback_is_blocked_only_when_its_loop_thread_computed() -> None:
     busy = SlowCallback("gateway", 10.2, 0.2, 0.2, "")
     waiting = SlowCallback("gateway", 10.35, 0.2, 0.01, "")
     unknown = SlowCallback("gateway", 9.0, 0.2, None, "")
-    assert busy.blocked() and unknown.blocked() and not waiting.blocked()
+    assert busy.blocked() and not unknown.blocked() and not waiting.blocked()
 
 
 async def test_enable_loop_debug_from_env_unset_leaves_the_loop_alone(
