@@ -25,16 +25,36 @@ def client(mesh: Mesh, token: str) -> httpx.Client:
     )
 
 
-def submit_png(http: httpx.Client, data: bytes, view: str = "L-CC") -> str | None:
-    answer = http.post(
-        "/v1/jobs",
-        data={"view": view},
-        files={"file": ("image.png", data, "image/png")},
-    )
-    if answer.status_code != 202:
+def submit_png(
+    http: httpx.Client, data: bytes, view: str = "L-CC", key: str | None = None
+) -> str | None:
+    headers = {"Idempotency-Key": key} if key else {}
+    try:
+        answer = http.post(
+            "/v1/jobs",
+            data={"view": view},
+            files={"file": ("image.png", data, "image/png")},
+            headers=headers,
+        )
+    except httpx.TransportError:
+        return None  # the gateway itself went away
+    if answer.status_code not in (200, 202):
         return None
     job_id: str = answer.json()["job_id"]
     return job_id
+
+
+def submit_until_accepted(
+    http: httpx.Client, data: bytes, view: str, key: str, timeout_s: float = 120
+) -> str:
+    """What a PACS does: retry under one idempotency key until the job is taken."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job_id = submit_png(http, data, view, key)
+        if job_id is not None:
+            return job_id
+        time.sleep(0.5)
+    raise AssertionError(f"submission {key} was not accepted within {timeout_s} s")
 
 
 def service_pid(mesh: Mesh, name: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import sys
 import time
 import uuid
@@ -21,6 +22,7 @@ from tests.integration.faults_mesh.helpers import (
     queue_depths,
     rows,
     submit_png,
+    submit_until_accepted,
     tally,
     wait_restarted,
     wait_terminal,
@@ -34,17 +36,26 @@ TENANT = "st-faults"
 THUMBS = ("thumb_0_L_CC.png", "thumb_0_L_MLO.png")
 
 
-def _soak(mesh: Mesh, jobs: int, kills: int, cuts: int) -> None:
+# Every service can die; the client retries its submissions under idempotency
+# keys, so a gateway or encryptor killed mid-upload costs a retry, not a job.
+VICTIMS = ("enclave-proxy", "enclave-worker", "results", "encryptor", "gateway")
+
+
+def _soak(mesh: Mesh, jobs: int, kills: int, cuts: int, seed: int = 7) -> None:
+    rng = random.Random(seed)
     images = [sample(name).read_bytes() for name in THUMBS]
     views = ("L-CC", "L-MLO")
-    faults = ["kill"] * kills + ["cut"] * cuts
+    faults = [f"kill:{rng.choice(VICTIMS)}" for _ in range(kills)] + ["cut"] * cuts
+    rng.shuffle(faults)
     every = max(1, jobs // (len(faults) + 1))
     accepted: list[str] = []
+    run = uuid.uuid4().hex[:8]
     with client(mesh, mesh.token(TENANT, *ALL)) as http:
         for index in range(jobs):
-            job_id = submit_png(http, images[index % 2], views[index % 2])
-            if job_id is not None:
-                accepted.append(job_id)
+            key = f"soak-{run}-{index}"
+            accepted.append(
+                submit_until_accepted(http, images[index % 2], views[index % 2], key)
+            )
             if faults and index % every == every - 1:
                 _fault(mesh, faults.pop(0))
     wait_terminal(mesh, accepted, timeout_s=60 + jobs * 3)
@@ -61,9 +72,11 @@ def _soak(mesh: Mesh, jobs: int, kills: int, cuts: int) -> None:
 
 
 def _fault(mesh: Mesh, kind: str) -> None:
-    if kind == "kill":
-        old = kill(mesh, "enclave-proxy")
-        wait_restarted(mesh, "enclave-proxy", old)
+    if kind.startswith("kill:"):
+        victim = kind.removeprefix("kill:")
+        old = kill(mesh, victim)
+        print(f"soak: killed {victim}", file=sys.__stderr__)
+        wait_restarted(mesh, victim, old)
     else:
         assert close_connections(mesh.prefix) >= 2
 
