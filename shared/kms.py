@@ -76,6 +76,8 @@ class KmsEndpoint:
     endpoint_url: str | None = None
     connect_timeout_s: float = 3.0
     read_timeout_s: float = 10.0
+    # Inside the enclave: the endpoint's host name leads to the local tunnel.
+    loopback_host: str | None = None
 
 
 def translate_client_error(exc: ClientError, operation: str) -> DependencyError:
@@ -126,6 +128,7 @@ class AwsKeyService:
             credentials=credentials,
             connect_timeout_s=endpoint.connect_timeout_s,
             read_timeout_s=endpoint.read_timeout_s,
+            loopback_host=endpoint.loopback_host,
         ) as client:
             yield cls(client, retry=retry)
 

@@ -197,6 +197,12 @@ async def run_job(
     decoding: Executor | None = None,
 ) -> JobResult:
     """Run one job; decoding and hashing go to ``decoding`` (default: loop's)."""
+    if request.model != model.manifest.name:
+        raise CallerError(
+            f"This enclave serves model {model.manifest.name!r}"
+            f" {model.manifest.version}; the job asks for {request.model!r}.",
+            reason=Reason.MODEL_UNAVAILABLE,
+        )
     result_context = {
         "purpose": "result",
         "tenant": request.tenant,

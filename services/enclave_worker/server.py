@@ -128,6 +128,7 @@ class Worker:
             endpoint_url=self.settings.kms_endpoint_url(self.tunnel_port),
             connect_timeout_s=self.settings.kms_connect_timeout_s,
             read_timeout_s=self.settings.kms_read_timeout_s,
+            loopback_host=self.settings.kms_hostname(),
         )
         self._keys = EnclaveKeys(endpoint)
         server = await self._listen_transport().serve(self.handle)

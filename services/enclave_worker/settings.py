@@ -44,10 +44,13 @@ class WorkerSettings(BaseSettings):
     credentials_wait_s: float = Field(default=300.0, gt=0)
     max_sealed_image_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
 
+    def kms_hostname(self) -> str:
+        """The name TLS checks KMS's certificate against; it resolves to the tunnel."""
+        if self.kms_host:
+            return self.kms_host
+        if self.kms_scheme == "http":
+            return "127.0.0.1"
+        return f"kms.{self.aws_region}.amazonaws.com"
+
     def kms_endpoint_url(self, tunnel_port: int) -> str:
-        host = self.kms_host or (
-            "127.0.0.1"
-            if self.kms_scheme == "http"
-            else f"kms.{self.aws_region}.amazonaws.com"
-        )
-        return f"{self.kms_scheme}://{host}:{tunnel_port}"
+        return f"{self.kms_scheme}://{self.kms_hostname()}:{tunnel_port}"

@@ -243,3 +243,20 @@ async def test_worker_runs_several_jobs_at_once(
             assert document["job_id"] == job_id
         status = await running.client.status()
         assert status.busy == 0 and status.slots == 2
+
+
+async def test_worker_refuses_a_job_for_another_model(
+    provisioned: Provisioned, dev_pki: DevPki
+) -> None:
+    async with running_worker(provisioned, provisioned.pcrs, dev_pki) as running:
+        await wait_settled(running.client)
+        job_id = str(uuid.uuid4())
+        sealed = await provisioned.seal_image(
+            sample("thumb_0_L_CC.png"), TENANT, job_id
+        )
+        request = JobRequest(job_id, TENANT, b"n" * 16, len(sealed), "other", "L-CC")
+        with pytest.raises(PeerError) as failed:
+            await running.client.run_job(request, pieces(sealed), timeout_s=60)
+    assert failed.value.reason is Reason.MODEL_UNAVAILABLE
+    assert not failed.value.retryable
+    assert "nyu-demo" in str(failed.value)
