@@ -85,8 +85,12 @@ class Relay:
             try:
                 await asyncio.shield(work)
             except asyncio.CancelledError:
+                # Only a server shutting down cancels a connection handler, and
+                # nothing awaits it: end quietly rather than leave a cancelled
+                # task for asyncio to report as an error in its callback.
                 work.cancel()
-                raise
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
             finally:
                 self._running.discard(work)
                 self.active -= 1

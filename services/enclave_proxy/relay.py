@@ -60,6 +60,7 @@ class KmsRelay:
         if server is None:
             return
         server.close()
+        await self.relay.aclose()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), timeout_s)
         log.info("kms_relay_stopped")

@@ -28,6 +28,7 @@ class Reservation:
     created: bool
     status: str
     body_sha256: str | None
+    nonce: str | None = None
 
 
 class ResultsClient:
@@ -64,6 +65,7 @@ class ResultsClient:
             created=bool(body.get("created", answer.status_code == 201)),
             status=str(body.get("status", "received")),
             body_sha256=body.get("body_sha256"),
+            nonce=body.get("nonce"),
         )
 
     async def queued(self, job_id: str, facts: dict[str, Any]) -> None:

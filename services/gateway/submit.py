@@ -212,6 +212,7 @@ async def _replay(reservation: Reservation, upload: Upload) -> JSONResponse:
     body = {
         "job_id": reservation.job_id,
         "status": reservation.status,
+        "nonce": reservation.nonce,
         "links": links(reservation.job_id),
     }
     return JSONResponse(body, status_code=200)

@@ -97,7 +97,9 @@ class JobStore:
 
     async def mark_queued(self, job_id: str, fields: ObjectFields) -> Job:
         """``received`` -> ``queued``; a job already further on keeps its status."""
-        at = now()
+        # The proxy may report the job running before this call lands; the
+        # sealed and queued times can then be no later than the start.
+        at = func.least(now(), func.coalesce(jobs.c.started_at, now()))
         values: dict[str, Any] = {
             "status": _case_received(jobs.c.status, "queued"),
             "object_key": _fill(jobs.c.object_key, fields.object_key),

@@ -78,7 +78,9 @@ def _fault(mesh: Mesh, kind: str) -> None:
         print(f"soak: killed {victim}", file=sys.__stderr__)
         wait_restarted(mesh, victim, old)
     else:
-        assert close_connections(mesh.prefix) >= 2
+        # Right after a kill the restarted service may not have reconnected yet:
+        # whatever is connected is cut.
+        assert close_connections(mesh.prefix) >= 1
 
 
 def test_faults_mesh_short_soak_with_one_kill_and_one_cut(mesh: Mesh) -> None:

@@ -128,7 +128,9 @@ def test_mesh_idempotency_key_gives_the_same_job(mesh: Mesh) -> None:
         again = post_png(http, image, **{"Idempotency-Key": key})
         other = post_png(http, image[:-1] + b"\x00", **{"Idempotency-Key": key})
     assert first.status_code == 202
+    assert again.status_code == 200
     assert again.json()["job_id"] == first.json()["job_id"]
+    assert again.json()["nonce"] == first.json()["nonce"]
     assert other.status_code == 422
     assert other.json()["error"] == "idempotency_key_reused"
 

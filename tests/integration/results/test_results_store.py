@@ -289,3 +289,15 @@ async def test_store_fails_only_reservations_older_than_the_cutoff(
     assert await _status(store, tenant, fresh) == "received"
     assert await _status(store, tenant, queued) == "queued"
     assert await store.fail_abandoned(datetime.now(UTC) - timedelta(hours=1)) == []
+
+
+async def test_store_queued_after_running_keeps_times_in_order(
+    engine: AsyncEngine, tenant: str
+) -> None:
+    store = JobStore(engine)
+    job_id = (await store.create(new_job(tenant))).job.id
+    assert await store.mark_running(tenant, job_id, datetime.now(UTC))
+    job = await store.mark_queued(job_id, object_fields())
+    assert job.status == "running"
+    assert job.queued_at is not None and job.started_at is not None
+    assert job.queued_at <= job.started_at
