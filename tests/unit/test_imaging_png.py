@@ -104,3 +104,29 @@ def test_decode_png_real_mammogram_exact_and_fast() -> None:
     assert decoded.pixels.max() > 32767
     np.testing.assert_array_equal(decoded.pixels, reference_decode_png16(data))
     assert elapsed < 0.5, f"decoding took {elapsed:.3f} s"
+
+
+def test_decode_png_fast_path_matches_pillow_and_refuses_damage() -> None:
+    import zlib
+
+    from shared.imaging.png import PngInfo, _unfiltered_16bit
+    from tests.imaging_factories import PNG_SIGNATURE, ihdr, png_chunk
+
+    samples = np.random.default_rng(5).integers(0, 65536, (40, 33), dtype=np.uint16)
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in samples)
+    data = (
+        PNG_SIGNATURE
+        + ihdr(33, 40, 16, 0)
+        + png_chunk(b"IDAT", zlib.compress(rows))
+        + png_chunk(b"IEND", b"")
+    )
+    info = PngInfo(33, 40, 16, 0, False)
+    fast = _unfiltered_16bit(data, info)
+    assert fast is not None and np.array_equal(fast, samples)
+    with Image.open(io.BytesIO(data)) as image:
+        assert np.array_equal(np.asarray(image, dtype=np.uint16), fast)
+    assert _unfiltered_16bit(data[: len(data) // 2], info) is None
+    flipped = bytearray(data)
+    flipped[60] ^= 0xFF
+    assert _unfiltered_16bit(bytes(flipped), info) is None
+    assert np.array_equal(decode_png(data).pixels, samples)
