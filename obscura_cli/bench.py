@@ -75,7 +75,7 @@ async def _bench(images: list[tuple[str, bytes, str]], repeat: int) -> dict[str,
 
     with tempfile.TemporaryDirectory(prefix="obscura-bench-") as tmp:
         folder = Path(tmp)
-        with KmsStack(folder) as stack:
+        with KmsStack(folder, processes=True) as stack:
             keys = await provision(stack.kms_url, stack.principals, folder)
             async with running_worker(
                 stack.kms_url, keys.bundle, keys.hospital_key, stack.pki, keys.pcrs

@@ -16,6 +16,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -23,7 +26,7 @@ from types import TracebackType
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from standins.kms_gate import GateConfig, GateServer
-from standins.moto_server import MotoServer
+from standins.moto_server import MotoServer, wait_until_answering
 from standins.nsm import DevPki
 from standins.provision import ROLES, DevPrincipal
 
@@ -84,36 +87,76 @@ def write_gate_config(
 
 
 class KmsStack:
-    """moto and the attested gate in background threads of this process."""
+    """moto and the attested gate for tools that want the stand-ins.
 
-    def __init__(self, state_dir: Path) -> None:
+    In threads of this process by default; with ``processes=True`` as two child
+    processes, so that their CPU time and GIL are not the caller's (benchmarks).
+    """
+
+    def __init__(self, state_dir: Path, *, processes: bool = False) -> None:
         self.state_dir = state_dir
         self.pki = DevPki.load_or_create(state_dir)
         self.principals = load_or_create_principals(state_dir)
-        self._moto = MotoServer()
+        self._processes = processes
+        self._children: list[subprocess.Popen[bytes]] = []
+        self._moto: MotoServer | None = None
         self._gate: GateServer | None = None
-
-    @property
-    def kms_url(self) -> str:
-        assert self._gate is not None, "start the stack first"
-        return self._gate.url
-
-    @property
-    def moto_url(self) -> str:
-        return self._moto.url
+        self.moto_url = ""
+        self.kms_url = ""
 
     def start(self) -> KmsStack:
-        self._moto.start()
+        if self._processes:
+            return self._start_processes()
+        self._moto = MotoServer().start()
+        self.moto_url = self._moto.url
         path = write_gate_config(
-            self.state_dir, self._moto.url, self.principals, self.pki
+            self.state_dir, self.moto_url, self.principals, self.pki
         )
         self._gate = GateServer(GateConfig.load(path)).start()
+        self.kms_url = self._gate.url
         return self
+
+    def _start_processes(self) -> KmsStack:
+        moto_port, gate_port = _free_port(), _free_port()
+        self.moto_url = f"http://127.0.0.1:{moto_port}"
+        self._spawn("standins.moto_server", "--port", str(moto_port))
+        wait_until_answering("127.0.0.1", moto_port, timeout_s=30)
+        path = write_gate_config(
+            self.state_dir, self.moto_url, self.principals, self.pki
+        )
+        self._spawn(
+            "standins.kms_gate", "--config", str(path), "--port", str(gate_port)
+        )
+        wait_until_answering("127.0.0.1", gate_port, timeout_s=30)
+        self.kms_url = f"http://127.0.0.1:{gate_port}"
+        return self
+
+    def _gate_config(self) -> Path:
+        return write_gate_config(
+            self.state_dir, self.moto_url, self.principals, self.pki
+        )
+
+    def _spawn(self, module: str, *args: str) -> None:
+        self._children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
 
     def stop(self) -> None:
         if self._gate is not None:
             self._gate.stop()
-        self._moto.stop()
+        if self._moto is not None:
+            self._moto.stop()
+        for child in reversed(self._children):
+            child.terminate()
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
     def __enter__(self) -> KmsStack:
         return self.start()
@@ -125,3 +168,9 @@ class KmsStack:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
