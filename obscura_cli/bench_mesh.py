@@ -223,13 +223,16 @@ def envelope_ratio(
 
 
 def run_mesh_bench(
-    images: list[tuple[str, bytes, str]], jobs: int, threads: int
+    images: list[tuple[str, bytes, str]], jobs: int, threads: int, slots: int = 2
 ) -> None:
     from shared.logging import configure_logging
 
     configure_logging("bench", level="WARNING", json=False)
     pairs = [(data, view) for _, data, view in images]
-    click.echo(f"images: {', '.join(name for name, _, _ in images)}; threads {threads}")
+    click.echo(
+        f"images: {', '.join(name for name, _, _ in images)}; threads {threads};"
+        f" worker slots {slots}"
+    )
     repeat = max(1, jobs // len(pairs))
     bare_before = bare_throughput(pairs, repeat=repeat, threads=threads)
     with tempfile.TemporaryDirectory(prefix="obscura-bench-mesh-") as tmp:
@@ -239,6 +242,7 @@ def run_mesh_bench(
             "--database", f"obscura_bench_{suffix}",
             "--topology-prefix", f"bench-{suffix}",
             "--bucket", f"bench-{suffix}",
+            "--worker-slots", str(slots),
         )  # fmt: skip
         mesh = up(state, free_ports=True, timeout_s=300, extra_args=extra)
         try:

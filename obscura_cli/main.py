@@ -524,7 +524,8 @@ def bench_worker(images: tuple[Path, ...], view: str | None, repeat: int) -> Non
 )
 @click.option("--jobs", default=16, show_default=True, type=click.IntRange(2, 500))
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64))
-def bench_mesh(images: tuple[Path, ...], jobs: int, threads: int) -> None:
+@click.option("--slots", default=2, show_default=True, type=click.IntRange(1, 16))
+def bench_mesh(images: tuple[Path, ...], jobs: int, threads: int, slots: int) -> None:
     """The whole mesh over the bare model: throughput, latency, envelope cost.
 
     Without IMAGES it uses the synthetic CC phantom (3328 x 2560).
@@ -535,7 +536,7 @@ def bench_mesh(images: tuple[Path, ...], jobs: int, threads: int) -> None:
     inputs = [(p.name, p.read_bytes(), view_from_name(p.name)) for p in images]
     if not inputs:
         inputs = [("phantom L-CC", phantom_png("L-CC"), "L-CC")]
-    run_mesh_bench(inputs, jobs, threads)
+    run_mesh_bench(inputs, jobs, threads, slots)
 
 
 @main.group()

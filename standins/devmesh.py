@@ -326,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--database", default="obscura_dev")
     parser.add_argument("--topology-prefix", default="obscura-dev")
     parser.add_argument("--bucket", default="obscura-dev-images")
+    parser.add_argument("--worker-slots", type=int, default=2)
     args = parser.parse_args(argv)
     configure_logging("devmesh", json=False)
     config = MeshConfig(
@@ -334,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         database=args.database,
         topology_prefix=args.topology_prefix,
         bucket=args.bucket,
+        worker_slots=args.worker_slots,
     )
     asyncio.run(run(config))
 
