@@ -34,8 +34,6 @@ class RetryPolicy:
         return rng.uniform(0.0, ceiling)
 
 
-NO_RETRY = RetryPolicy(attempts=1)
-
 _rng = random.Random()  # noqa: S311 - jitter, not secrecy
 
 

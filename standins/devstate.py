@@ -109,9 +109,7 @@ class KmsStack:
             return self._start_processes()
         self._moto = MotoServer().start()
         self.moto_url = self._moto.url
-        path = write_gate_config(
-            self.state_dir, self.moto_url, self.principals, self.pki
-        )
+        path = self._gate_config()
         self._gate = GateServer(GateConfig.load(path)).start()
         self.kms_url = self._gate.url
         return self
@@ -121,9 +119,7 @@ class KmsStack:
         self.moto_url = f"http://127.0.0.1:{moto_port}"
         self._spawn("standins.moto_server", "--port", str(moto_port))
         wait_until_answering("127.0.0.1", moto_port, timeout_s=30)
-        path = write_gate_config(
-            self.state_dir, self.moto_url, self.principals, self.pki
-        )
+        path = self._gate_config()
         self._spawn(
             "standins.kms_gate", "--config", str(path), "--port", str(gate_port)
         )

@@ -16,7 +16,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,6 @@ import httpx
 from shared.logging import get_logger
 
 log = get_logger(__name__)
-
-ReadyCheck = Callable[[], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -209,9 +207,6 @@ class Supervisor:
     @property
     def stopping(self) -> asyncio.Event:
         return self._stopping
-
-    def all_ready(self) -> bool:
-        return all(s.status.ready for s in self._services)
 
     async def stop(self) -> None:
         self._stopping.set()

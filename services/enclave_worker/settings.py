@@ -41,7 +41,6 @@ class WorkerSettings(BaseSettings):
     torch_threads: int = Field(default=2, ge=1, le=256)
     job_timeout_s: float = Field(default=120.0, gt=0)
     read_timeout_s: float = Field(default=30.0, gt=0)
-    credentials_wait_s: float = Field(default=300.0, gt=0)
     max_sealed_image_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
 
     def kms_hostname(self) -> str:
